@@ -1,0 +1,38 @@
+# restyle: one command to set up and run, one to set up and test.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A local wheel folder (this workplace keeps the CPU build of torch there) is used when present.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+OUT ?= out/demo
+
+.PHONY: setup demo test lint typecheck check clean
+
+$(BIN)/restyle: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/restyle
+
+## The main job: mask + restyle the bundled sample photo (preview mode on tiny models
+## when no real weights are in the local cache).
+demo: setup
+	$(BIN)/restyle demo -o $(OUT)
+
+## The test suite (offline, tiny models, CPU).
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""The whole flow behind one object: photo + garment text -> mask -> restyled variants.
+
+Used by the CLI and (later) the server; models load once, on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from restyle.config import ModelConfig
+from restyle.inpaint.params import StyleParams
+from restyle.inpaint.pipeline import Inpainter, Progress, StyleResult
+from restyle.models.tiny import is_tiny
+from restyle.segment import BaseSegmenter, MaskParams, MaskResult, load_segmenter
+from restyle.segment.ops import feather, grow
+
+
+class Restyler:
+    """A segmenter and an inpainter, each loaded the first time it is needed."""
+
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        *,
+        preview: bool = False,
+        segmenter: BaseSegmenter | None = None,
+        inpainter: Inpainter | None = None,
+    ) -> None:
+        self.config = config or ModelConfig()
+        self.preview = preview or is_tiny(self.config.inpainter) or is_tiny(self.config.segmenter)
+        self._segmenter = segmenter
+        self._inpainter = inpainter
+
+    @property
+    def segmenter(self) -> BaseSegmenter:
+        if self._segmenter is None:
+            self._segmenter = load_segmenter(self.config.segmenter, device=self.config.device)
+        return self._segmenter
+
+    @property
+    def inpainter(self) -> Inpainter:
+        if self._inpainter is None:
+            c = self.config
+            self._inpainter = Inpainter.from_pretrained(
+                c.inpainter,
+                device=c.device,
+                dtype=c.dtype,
+                attention_slicing=c.attention_slicing,
+                vae_tiling=c.vae_tiling,
+            )
+        return self._inpainter
+
+    def mask(
+        self,
+        image: Image.Image,
+        garment: str | list[str],
+        *,
+        protect: list[str] | None = None,
+        params: MaskParams | None = None,
+    ) -> MaskResult:
+        """Text to mask (see BaseSegmenter.segment)."""
+        return self.segmenter.segment(image, garment, protect=protect, params=params)
+
+    def style(
+        self,
+        image: Image.Image,
+        params: StyleParams,
+        *,
+        garment: str | list[str] | None = None,
+        mask: Image.Image | None = None,
+        protect: list[str] | None = None,
+        mask_params: MaskParams | None = None,
+        progress: Progress | None = None,
+        **run_kwargs: Any,
+    ) -> tuple[StyleResult, MaskResult | None]:
+        """Restyle `image`: mask from `garment` text, or the given `mask`, then inpaint.
+
+        A given mask is used as is except for `mask_params.grow` / `.feather` when mask_params is passed.
+
+        Returns:
+            (StyleResult, MaskResult or None when a mask was given).
+        """
+        from restyle.errors import InvalidParameterError
+
+        if (garment is None) == (mask is None):
+            raise InvalidParameterError(
+                "garment/mask: give exactly one of a garment text or a mask image", field="garment"
+            )
+        mask_result = None
+        if mask is None:
+            assert garment is not None
+            mask_result = self.mask(image, garment, protect=protect, params=mask_params)
+            mask = mask_result.mask
+        elif mask_params is not None:
+            mask = refine_given_mask(mask, mask_params)
+        params.check()
+        result = self.inpainter.run(image, mask, params, progress=progress, **run_kwargs)
+        result.extra.update(
+            {
+                "mask_prompts": list(mask_result.prompts) if mask_result else [],
+                "protect": list(mask_result.protect) if mask_result else [],
+                "segmenter": self.config.segmenter if mask_result else None,
+                "preview": self.preview,
+            }
+        )
+        return result, mask_result
+
+
+def refine_given_mask(mask: Image.Image, params: MaskParams) -> Image.Image:
+    """Grow/shrink and feather a user's mask with the same operations as segmenter masks."""
+    import numpy as np
+
+    params.check()
+    binary = np.asarray(mask.convert("L")) > 127
+    binary = grow(binary, params.grow)
+    return Image.fromarray(feather(binary, params.feather), mode="L")

@@ -1,0 +1,221 @@
+"""Stable Diffusion inpainting (diffusers) with crop-and-composite and per-image seeds."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from restyle.errors import InvalidImageError, ModelLoadError, RestyleError
+from restyle.inpaint.crop import Box, composite, crop_box, prepare_crop
+from restyle.inpaint.params import MAX_SEED, SCHEDULERS, StyleParams
+from restyle.models.hub import load_pretrained
+from restyle.runtime import resolve_device, resolve_dtype
+
+Progress = Callable[[int, int], None]  # (step done, total steps)
+
+
+class CancelledError(RestyleError):
+    """The caller asked to stop a running generation."""
+
+    status_code = 409
+
+
+@dataclass
+class StyleResult:
+    """The variants of one request, full size, with everything needed to reproduce them."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    mask: Image.Image  # the compositing mask (L)
+    box: Box  # the region that was inpainted
+    work_size: tuple[int, int]  # the size the model ran at
+    params: StyleParams
+    model_id: str
+    elapsed_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # caller's metadata (mask prompts, ...)
+
+    def metadata(self, index: int) -> dict[str, Any]:
+        """Everything that made image `index`, JSON-ready."""
+        p = self.params
+        return {
+            "prompt": p.prompt,
+            "negative_prompt": p.negative_prompt,
+            "seed": self.seeds[index],
+            "steps": p.steps,
+            "guidance": p.guidance,
+            "scheduler": p.scheduler,
+            "strength": p.strength,
+            "inpainter": self.model_id,
+            "box": list(self.box),
+            "work_size": list(self.work_size),
+            "size": list(self.images[index].size),
+            **self.extra,
+        }
+
+
+def draw_seeds(params: StyleParams) -> list[int]:
+    """Per-image seeds: explicit ones, else seed + i, else random."""
+    if params.seeds is not None:
+        return list(params.seeds)
+    base = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED - params.num_images)
+    return [(base + i) % (MAX_SEED + 1) for i in range(params.num_images)]
+
+
+class Inpainter:
+    """A loaded StableDiffusionInpaintPipeline (SD 1.5- or SD 2-inpainting layout)."""
+
+    def __init__(self, pipe: Any, model_id: str = "") -> None:
+        if pipe.unet.config.in_channels != 9:
+            raise ModelLoadError(
+                f"inpainter '{model_id}': its UNet takes {pipe.unet.config.in_channels} input channels; an "
+                "inpainting model takes 9 (latents + mask + masked image). Use an *-inpainting model."
+            )
+        self.pipe = pipe
+        self.model_id = model_id
+        self._base_scheduler = pipe.scheduler
+        self._schedulers: dict[str, Any] = {}
+        pipe.set_progress_bar_config(disable=True)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        attention_slicing: bool = False,
+        vae_tiling: bool = False,
+    ) -> Inpainter:
+        """Load a diffusers inpainting folder or hub id (local cache) onto `device`.
+
+        On CUDA it runs in fp16 with PyTorch's scaled-dot-product (flash / memory-efficient) attention,
+        which diffusers uses by default; the two switches trade speed for memory on small GPUs.
+        """
+        from diffusers import StableDiffusionInpaintPipeline
+
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        pipe = load_pretrained(
+            StableDiffusionInpaintPipeline,
+            model_id,
+            "inpainter",
+            dtype=torch_dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+        pipe = pipe.to(dev)
+        if attention_slicing:
+            pipe.enable_attention_slicing()
+        if vae_tiling:
+            pipe.vae.enable_tiling()
+        return cls(pipe, model_id)
+
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at: UNet sample size x VAE scale factor (512 or 768)."""
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    def _scheduler(self, name: str) -> Any:
+        if name not in self._schedulers:
+            import diffusers
+
+            cls_name, overrides = SCHEDULERS[name]
+            self._schedulers[name] = getattr(diffusers, cls_name).from_config(
+                self._base_scheduler.config, **overrides
+            )
+        return self._schedulers[name]
+
+    def run(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        params: StyleParams,
+        *,
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> StyleResult:
+        """Repaint the masked region of `image`.
+
+        Args:
+            image: PIL RGB photo, any size.
+            mask: PIL L, same size, 255 = repaint; soft values blend; 0 is never touched.
+            params: the request (checked here).
+            progress: called after every denoising step with (done, total).
+            cancel: polled every step; True stops the run with CancelledError.
+
+        Returns:
+            StyleResult with `params.num_images` images of the input's size.
+        """
+        import torch
+
+        # 1. Check inputs
+        params.check()
+        if mask.size != image.size:
+            raise InvalidImageError(
+                f"mask: mask is {mask.size[0]}x{mask.size[1]} but the image is "
+                f"{image.size[0]}x{image.size[1]}",
+                field="mask",
+            )
+        mask = mask.convert("L")
+        if mask.getbbox() is None:
+            raise InvalidImageError(
+                "mask: the mask is empty (all black); there is nothing to repaint", field="mask"
+            )
+        started = time.perf_counter()
+        # 2. Region to inpaint, at the model's working size
+        long_side = params.size or self.native_size
+        box = crop_box(mask, long_side, params.context) if params.crop else (0, 0, *image.size)
+        work_image, work_mask, work_size = prepare_crop(image, mask, box, long_side)
+        # 3. Seeds: one CPU generator per image, so a seed gives the same image on any device
+        seeds = draw_seeds(params)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        # 4. Denoise
+        self.pipe.scheduler = self._scheduler(params.scheduler)
+
+        def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+            if progress is not None:
+                progress(step + 1, pipe.num_timesteps)
+            if cancel is not None and cancel():
+                pipe._interrupt = True
+            return kwargs
+
+        out = self.pipe(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt or None,
+            image=work_image,
+            mask_image=work_mask,
+            width=work_size[0],
+            height=work_size[1],
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance,
+            strength=params.strength,
+            num_images_per_prompt=params.num_images,
+            generator=generators,
+            callback_on_step_end=on_step,
+        )
+        if getattr(self.pipe, "_interrupt", False):
+            raise CancelledError("generation cancelled")
+        # 5. Composite back: pixels outside the mask are the input's own bytes
+        images = [composite(image, gen, mask, box) for gen in out.images]
+        return StyleResult(
+            images=images,
+            seeds=seeds,
+            mask=mask,
+            box=box,
+            work_size=work_size,
+            params=params,
+            model_id=self.model_id,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+
+def unchanged_outside(original: Image.Image, result: Image.Image, mask: Image.Image) -> bool:
+    """True when every pixel with mask == 0 is byte-identical in `result` (a check callers can run)."""
+    keep = np.asarray(mask.convert("L")) == 0
+    return bool(np.array_equal(np.asarray(original.convert("RGB"))[keep], np.asarray(result)[keep]))

@@ -1,0 +1,98 @@
+"""Writing results: PNGs with their parameters inside, a JSON sidecar, the mask and a comparison grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from restyle.inpaint.pipeline import StyleResult
+
+METADATA_KEY = "restyle"  # PNG text chunk holding the JSON parameters
+
+
+def png_info(meta: dict[str, Any]) -> PngImagePlugin.PngInfo:
+    """PNG text chunks: the full JSON under 'restyle', plus a few readable keys."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(METADATA_KEY, json.dumps(meta, sort_keys=True))
+    for key in ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "inpainter"):
+        if key in meta:
+            info.add_text(key, str(meta[key]))
+    return info
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The parameters stored in a PNG written by restyle ({} if none)."""
+    with Image.open(path) as img:
+        text = getattr(img, "text", {}) or img.info
+        raw = text.get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_png(img: Image.Image, path: Path, meta: dict[str, Any] | None = None) -> Path:
+    """Save a PNG atomically, with metadata when given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=png_info(meta) if meta else None))
+    return path
+
+
+def grid(images: list[Image.Image], height: int = 384, gap: int = 8) -> Image.Image:
+    """Side-by-side comparison: images scaled to one height, in order (the original first)."""
+    scaled = [
+        im.convert("RGB").resize(
+            (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
+        )
+        for im in images
+    ]
+    width = sum(s.width for s in scaled) + gap * (len(scaled) - 1)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    x = 0
+    for s in scaled:
+        canvas.paste(s, (x, 0))
+        x += s.width + gap
+    return canvas
+
+
+def save_result(
+    result: StyleResult, original: Image.Image, outdir: str | Path, stem: str = "restyle"
+) -> dict[str, Any]:
+    """Write every variant, the mask, the grid and a JSON sidecar into `outdir`.
+
+    Returns:
+        The sidecar's content (file names relative to `outdir`).
+    """
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (img, seed) in enumerate(zip(result.images, result.seeds)):
+        meta = result.metadata(i)
+        name = f"{stem}-{i}-seed{seed}.png"
+        save_png(img, out / name, meta)
+        files.append({"file": name, **meta})
+    save_png(result.mask, out / f"{stem}-mask.png", {"kind": "mask", **result.extra})
+    save_png(grid([original, *result.images]), out / f"{stem}-grid.png")
+    sidecar = {
+        "images": files,
+        "mask": f"{stem}-mask.png",
+        "grid": f"{stem}-grid.png",
+        "input_size": list(original.size),
+        "elapsed_s": round(result.elapsed_s, 3),
+    }
+    _atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    return sidecar

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from restyle.config import ModelConfig
+from restyle.errors import ModelLoadError, ModelNotFoundError
+from restyle.inpaint import Inpainter
+from restyle.models import is_available, is_tiny, resolve_or_preview
+from restyle.models.tiny import TINY_MARKER
+from restyle.segment.clipseg import ClipSegSegmenter
+
+
+def test_tiny_models_have_real_layouts(tiny_models):
+    inp = tiny_models["inpainter"]
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"} <= {
+        p.name for p in inp.iterdir()
+    }
+    assert json.loads((inp / "unet" / "config.json").read_text())["in_channels"] == 9
+    assert (tiny_models["segmenter"] / "processor_config.json").is_file()
+    assert is_tiny(inp) and is_tiny(tiny_models["segmenter"])
+
+
+def test_uncached_hub_id_names_model_and_both_fixes():
+    with pytest.raises(ModelNotFoundError) as info:
+        Inpainter.from_pretrained("stabilityai/stable-diffusion-2-inpainting", device="cpu")
+    msg = str(info.value)
+    assert "stabilityai/stable-diffusion-2-inpainting" in msg
+    assert "restyle models pull" in msg and "--inpainter" in msg and "RESTYLE_INPAINTER" in msg
+
+
+def test_unknown_folder_is_not_found(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        ClipSegSegmenter.from_pretrained(str(tmp_path / "missing" / "seg"), device="cpu")
+
+
+def test_folder_of_the_wrong_kind(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ModelLoadError, match="does not load as a diffusers inpainting pipeline folder"):
+        Inpainter.from_pretrained(str(tmp_path / "junk"), device="cpu")
+
+
+def test_preview_fallback_builds_tiny_models_once(tmp_path):
+    res = resolve_or_preview(ModelConfig())
+    assert res.preview and set(res.missing) == {ModelConfig().segmenter, ModelConfig().inpainter}
+    assert (
+        is_available(res.config.inpainter)
+        and (tmp_path / "restyle-cache" / "tiny" / "inpainter" / TINY_MARKER).is_file()
+    )
+    again = resolve_or_preview(ModelConfig())
+    assert again.config == res.config
+
+
+def test_real_models_are_used_when_present(tiny_models):
+    cfg = ModelConfig(segmenter=str(tiny_models["segmenter"]), inpainter=str(tiny_models["inpainter"]))
+    res = resolve_or_preview(cfg)
+    assert not res.preview and res.config == cfg
