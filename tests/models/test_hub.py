@@ -54,3 +54,51 @@ def test_real_models_are_used_when_present(tiny_models):
     cfg = ModelConfig(segmenter=str(tiny_models["segmenter"]), inpainter=str(tiny_models["inpainter"]))
     res = resolve_or_preview(cfg)
     assert not res.preview and res.config == cfg
+
+
+def test_download_patterns_take_the_diffusers_layout_only():
+    from restyle.models.hub import download_patterns
+
+    files = [
+        "512-inpainting-ema.ckpt",
+        "512-inpainting-ema.safetensors",
+        "model_index.json",
+        "README.md",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+    ]
+    got = set(download_patterns(files))
+    assert got == {
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+    }
+
+
+def test_download_patterns_for_a_transformers_repo():
+    from restyle.models.hub import download_patterns
+
+    files = [
+        "config.json",
+        "pytorch_model.bin",
+        "preprocessor_config.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+        "special_tokens_map.json",
+        "README.md",
+        "extra/other.bin",
+    ]
+    assert set(download_patterns(files)) == set(files) - {"README.md", "extra/other.bin"}

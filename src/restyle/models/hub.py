@@ -83,26 +83,43 @@ def is_available(model_id: str) -> bool:
     return False
 
 
+def download_patterns(files: list[str]) -> list[str]:
+    """Which files of a hub repo to fetch: the loadable layout only, not every checkpoint beside it.
+
+    Diffusers repos (model_index.json) get their component folders, not root-level single-file checkpoints
+    or fp16/non-EMA duplicates; transformers repos get their root files. Safetensors are preferred; .bin
+    weights are fetched only where a folder has no safetensors.
+    """
+    skip = (".fp16.", "non_ema", ".ckpt", ".msgpack", ".onnx", ".h5", ".ot")
+    diffusers_layout = "model_index.json" in files
+    keep: list[str] = []
+    for name in files:
+        folder, _, base = name.rpartition("/")
+        if any(s in name for s in skip) or (diffusers_layout and folder.count("/") > 0):
+            continue
+        if diffusers_layout and not folder and base != "model_index.json":
+            continue
+        if not diffusers_layout and folder:
+            continue
+        if base.endswith(".bin") and any(
+            f.rpartition("/")[0] == folder and f.endswith(".safetensors") and not any(s in f for s in skip)
+            for f in files
+        ):
+            continue
+        if base.endswith((".json", ".txt", ".model", ".safetensors", ".bin")):
+            keep.append(name)
+    return keep
+
+
 def pull(model_id: str) -> str:
-    """Download a hub model into the Hugging Face cache; returns the local snapshot folder."""
-    from huggingface_hub import snapshot_download
+    """Download a hub model's loadable files into the Hugging Face cache; returns the snapshot folder."""
+    from huggingface_hub import HfApi, snapshot_download
 
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser())
     try:
-        return str(
-            snapshot_download(
-                model_id,
-                allow_patterns=[
-                    "*.json",
-                    "*.txt",
-                    "*.model",
-                    "*.safetensors",
-                    "*merges*",
-                    "*vocab*",
-                ],
-            )
-        )
+        files = HfApi().list_repo_files(model_id)
+        return str(snapshot_download(model_id, allow_patterns=download_patterns(files)))
     except Exception as err:  # the hub client raises many types; all mean "could not fetch"
         raise ModelNotFoundError(f"could not download '{model_id}' from the hub: {err}") from err
 
