@@ -151,6 +151,12 @@ def decoder_config(state: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _require(state: dict[str, Any], keys: tuple[str, ...], field: str, what: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ModelLoadError(f"{field}: not {what} (missing {missing[0]!r})", field=field)
+
+
 def _load_file(path: Path, field: str) -> dict[str, Any]:
     import torch
 
@@ -202,9 +208,27 @@ def convert_clipseg(
     from restyle.models.hub import load_pretrained
 
     dec_state = _load_file(Path(decoder), "decoder")
+    _require(
+        dec_state, ("film_mul.weight", "blocks.0.linear1.weight"), "decoder", "a CLIPSeg decoder state dict"
+    )
     clip_path = Path(str(clip)).expanduser()
+    if clip_path.suffix in {".pt", ".pth", ".bin", ".safetensors"} and not clip_path.is_file():
+        raise InvalidParameterError(f"clip: no such file: {clip_path}", field="clip")
     if clip_path.is_file():
         raw = _load_file(clip_path, "clip")
+        _require(
+            raw,
+            (
+                "visual.conv1.weight",
+                "visual.positional_embedding",
+                "ln_final.weight",
+                "token_embedding.weight",
+                "positional_embedding",
+                "text_projection",
+            ),
+            "clip",
+            "an OpenAI CLIP state dict",
+        )
         text_cfg, vision_cfg, proj = openai_clip_configs(raw)
         clip_state = convert_openai_clip_state(raw)
         tokenizer_source = processor_from
