@@ -83,6 +83,14 @@ def is_available(model_id: str) -> bool:
     return False
 
 
+_WANTED = (".json", ".txt", ".model", ".safetensors", ".bin")  # configs, tokenizers, weights
+_DUPLICATES = (".fp16.", "non_ema")  # variants of weights the default layout already has
+
+
+def _folder(name: str) -> str:
+    return name.rpartition("/")[0]
+
+
 def download_patterns(files: list[str]) -> list[str]:
     """Which files of a hub repo to fetch: the loadable layout only, not every checkpoint beside it.
 
@@ -90,25 +98,18 @@ def download_patterns(files: list[str]) -> list[str]:
     or fp16/non-EMA duplicates; transformers repos get their root files. Safetensors are preferred; .bin
     weights are fetched only where a folder has no safetensors.
     """
-    skip = (".fp16.", "non_ema", ".ckpt", ".msgpack", ".onnx", ".h5", ".ot")
     diffusers_layout = "model_index.json" in files
-    keep: list[str] = []
-    for name in files:
-        folder, _, base = name.rpartition("/")
-        if any(s in name for s in skip) or (diffusers_layout and folder.count("/") > 0):
-            continue
-        if diffusers_layout and not folder and base != "model_index.json":
-            continue
-        if not diffusers_layout and folder:
-            continue
-        if base.endswith(".bin") and any(
-            f.rpartition("/")[0] == folder and f.endswith(".safetensors") and not any(s in f for s in skip)
-            for f in files
-        ):
-            continue
-        if base.endswith((".json", ".txt", ".model", ".safetensors", ".bin")):
-            keep.append(name)
-    return keep
+
+    def in_layout(name: str) -> bool:
+        if diffusers_layout:
+            return name == "model_index.json" or (bool(_folder(name)) and "/" not in _folder(name))
+        return "/" not in name
+
+    candidates = [
+        f for f in files if f.endswith(_WANTED) and not any(d in f for d in _DUPLICATES) and in_layout(f)
+    ]
+    with_safetensors = {_folder(f) for f in candidates if f.endswith(".safetensors")}
+    return [f for f in candidates if not (f.endswith(".bin") and _folder(f) in with_safetensors)]
 
 
 def pull(model_id: str) -> str:
