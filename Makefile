@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 OUT ?= out/demo
 
-.PHONY: setup demo test lint typecheck check clean
+.PHONY: setup serve demo test lint typecheck check clean
 
 $(BIN)/restyle: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(BIN)/restyle: pyproject.toml constraints.txt
 
 setup: $(BIN)/restyle
 
-## The main job: mask + restyle the bundled sample photo (preview mode on tiny models
-## when no real weights are in the local cache).
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+## The main job: the HTTP API on http://$(HOST):$(PORT) (docs at /docs). Preview mode on tiny
+## models when no real weights are in the local cache.
+serve: setup
+	$(BIN)/restyle serve --host $(HOST) --port $(PORT)
+
+## Mask + restyle the bundled sample photo from the command line.
 demo: setup
 	$(BIN)/restyle demo -o $(OUT)
 

@@ -408,5 +408,10 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m restyle.cli`: run the registered app, not this __main__ copy
+    from restyle.cli import main as _main
+
+    _main()
+
+
+from restyle import cli_serve as _cli_serve  # noqa: E402,F401  registers serve, invoke, package, deploy

@@ -6,12 +6,19 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from restyle.errors import InvalidImageError, ModelLoadError, RestyleError
+from restyle.errors import (
+    InvalidImageError,
+    InvalidParameterError,
+    ModelLoadError,
+    ModelNotFoundError,
+    RestyleError,
+)
 from restyle.inpaint.crop import Box, composite, crop_box, prepare_crop
 from restyle.inpaint.params import MAX_SEED, SCHEDULERS, StyleParams
 from restyle.models.hub import load_pretrained
@@ -80,7 +87,50 @@ class Inpainter:
         self.model_id = model_id
         self._base_scheduler = pipe.scheduler
         self._schedulers: dict[str, Any] = {}
+        self.styles: dict[str, str] = {}  # LoRA adapter name -> where it was loaded from
         pipe.set_progress_bar_config(disable=True)
+
+    def load_style(self, name: str, path: str) -> None:
+        """Load a LoRA (`pytorch_lora_weights.safetensors` or its folder) as adapter `name`.
+
+        Adapters stay loaded side by side; `run(style=...)` switches between them (or none) per call
+        without reloading the base model.
+        """
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise InvalidParameterError(
+                f"style name {name!r}: use letters, digits, '-' and '_'", field="style"
+            )
+        if name in self.styles:
+            raise InvalidParameterError(
+                f"style {name!r} is already loaded from {self.styles[name]}", field="style"
+            )
+        source = Path(path).expanduser()
+        if not source.exists():
+            raise ModelNotFoundError(f"style {name!r}: no such LoRA file or folder: {source}")
+        kwargs = {"weight_name": source.name} if source.is_file() else {}
+        folder = source.parent if source.is_file() else source
+        try:
+            self.pipe.load_lora_weights(str(folder), adapter_name=name, **kwargs)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelLoadError(
+                f"style {name!r}: {source} does not load as a LoRA for this model: {err}"
+            ) from err
+        self.styles[name] = str(source)
+
+    def _select_style(self, style: str | None, scale: float) -> None:
+        if not self.styles:
+            if style is not None:
+                raise InvalidParameterError(f"style: unknown {style!r}; no styles are loaded", field="style")
+            return
+        if style is None:
+            self.pipe.disable_lora()
+            return
+        if style not in self.styles:
+            raise InvalidParameterError(
+                f"style: unknown {style!r}; loaded styles: {', '.join(sorted(self.styles))}", field="style"
+            )
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([style], adapter_weights=[scale])
 
     @classmethod
     def from_pretrained(
@@ -139,6 +189,8 @@ class Inpainter:
         *,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
+        style: str | None = None,
+        style_scale: float = 1.0,
     ) -> StyleResult:
         """Repaint the masked region of `image`.
 
@@ -148,6 +200,8 @@ class Inpainter:
             params: the request (checked here).
             progress: called after every denoising step with (done, total).
             cancel: polled every step; True stops the run with CancelledError.
+            style: a loaded LoRA adapter's name (see `load_style`); None runs the base model.
+            style_scale: the adapter's weight (1 = as trained).
 
         Returns:
             StyleResult with `params.num_images` images of the input's size.
@@ -176,6 +230,11 @@ class Inpainter:
         seeds = draw_seeds(params)
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         # 4. Denoise
+        if not 0.0 <= style_scale <= 2.0:
+            raise InvalidParameterError(
+                f"style_scale: {style_scale} is out of range [0, 2]", field="style_scale"
+            )
+        self._select_style(style, style_scale)
         self.pipe.scheduler = self._scheduler(params.scheduler)
 
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -212,6 +271,7 @@ class Inpainter:
             params=params,
             model_id=self.model_id,
             elapsed_s=time.perf_counter() - started,
+            extra={"style": style, "style_scale": style_scale} if style else {},
         )
 
 

@@ -156,6 +156,26 @@ def build_tiny_inpainter(out: Path, seed: int = TINY_SEED) -> Path:
     return out
 
 
+def build_tiny_lora(inpainter: Path, out: Path, seed: int = 1, rank: int = 4) -> Path:
+    """Write a random UNet LoRA for the tiny inpainter to `out/pytorch_lora_weights.safetensors`.
+
+    Both LoRA matrices are random (not the usual zero B), so loading it visibly changes the output.
+    """
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(Path(inpainter) / "unet")
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionInpaintPipeline.save_lora_weights(Path(out), unet_lora_layers=layers)
+    return Path(out) / "pytorch_lora_weights.safetensors"
+
+
 def build_tiny_models(out: Path, seed: int = TINY_SEED) -> dict[str, Path]:
     """Write `out/segmenter` and `out/inpainter`; returns both paths."""
     out = Path(out)

@@ -1,0 +1,5 @@
+"""`python -m restyle` runs the command line."""
+
+from restyle.cli import main
+
+main()

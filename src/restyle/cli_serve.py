@@ -1,0 +1,215 @@
+"""`restyle serve`, `invoke`, `package` and `deploy`: the serving side of the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from restyle.cli import PREVIEW_BANNER, Device, InpainterOpt, Segmenter, _quiet, app
+from restyle.errors import InvalidParameterError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _loras(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InvalidParameterError(f"--lora: expected NAME=PATH, got {value!r}", field="lora")
+        pairs.append((name.strip(), path.strip()))
+    return tuple(pairs)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; loopback unless you set an API key.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (SageMaker containers use 8080).")] = 8080,
+    segmenter: Segmenter = None,
+    inpainter: InpainterOpt = None,
+    device: Device = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option("--lora", help="A LoRA style NAME=PATH (repeat); requests pick it by name."),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="RESTYLE_API_KEY", help="Require this key (X-API-Key or Bearer).")
+    ] = None,
+    max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.")] = 6.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest accepted image, width x height.")] = 16_000_000,
+    queue_size: Annotated[
+        int, typer.Option(help="Requests waiting beyond the running one; more get 503.")
+    ] = 4,
+    timeout: Annotated[float, typer.Option(help="Per-request limit in seconds (queue wait + run).")] = 300.0,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where results and job records are kept.")
+    ] = Path("out/serve"),
+    warmup: Annotated[bool, typer.Option(help="One small run before /ping turns healthy.")] = True,
+) -> None:
+    """Run the HTTP API (SageMaker /ping + /invocations, and /v1). Docs at /docs."""
+    import uvicorn
+
+    from restyle.config import load_model_config
+    from restyle.models.hub import resolve_or_preview
+    from restyle.serve.app import ServerSettings, create_app, default_service_factory
+
+    _quiet()
+    for name, value, low in (
+        ("queue-size", queue_size, 1),
+        ("port", port, 1),
+        ("max-body-mb", max_body_mb, 0.001),
+    ):
+        if value < low:
+            raise InvalidParameterError(f"--{name}: {value} is below {low}", field=name)
+    if host not in LOOPBACK and not api_key:
+        typer.secho(
+            f"WARNING: listening on {host} without an API key: anyone who reaches this port can use it. "
+            "Set RESTYLE_API_KEY (or --api-key) unless a gateway in front authenticates.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+    config = load_model_config(segmenter=segmenter, inpainter=inpainter, device=device)
+    resolved = resolve_or_preview(config)
+    if resolved.preview:
+        typer.secho(PREVIEW_BANNER, fg=typer.colors.YELLOW, err=True)
+    settings = ServerSettings(
+        api_key=api_key or None,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        queue_size=queue_size,
+        timeout_s=timeout,
+        output_dir=output,
+        loras=_loras(lora),
+        warmup=warmup,
+    )
+    fastapi_app = create_app(settings, lambda s: default_service_factory(s, resolved.config))
+    typer.echo(f"restyle serving on http://{host}:{port}  (docs: /docs, health: /ping, results: {output})")
+    uvicorn.run(fastapi_app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+@app.command()
+def invoke(
+    url: Annotated[str, typer.Argument(help="Server URL, e.g. http://127.0.0.1:8080")],
+    image: Annotated[Path, typer.Argument(help="The photo.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to paint.")],
+    mask: Annotated[Path | None, typer.Option(help="Mask image (white = repaint).")] = None,
+    garment: Annotated[
+        str | None, typer.Option("--garment", "-g", help="Or: garment text for the segmenter.")
+    ] = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-n")] = 2,
+    steps: Annotated[int, typer.Option()] = 25,
+    guidance: Annotated[float, typer.Option()] = 6.5,
+    length: Annotated[int, typer.Option("--image-length", help="Long side of the results.")] = 512,
+    seed: Annotated[int | None, typer.Option()] = None,
+    style: Annotated[str | None, typer.Option(help="A LoRA style loaded by the server.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("out/invoke"),
+    api_key: Annotated[str | None, typer.Option(envvar="RESTYLE_API_KEY")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 600.0,
+) -> None:
+    """Call a server's /invocations (the original contract) and save the images and a grid."""
+    from restyle.client import Client, grid
+    from restyle.images import load_image
+    from restyle.outputs import save_png
+
+    client = Client(url, api_key=api_key, timeout=timeout)
+    images = client.invoke(
+        image,
+        prompt,
+        mask=mask,
+        garment=garment,
+        num_images=num_images,
+        steps=steps,
+        guidance=guidance,
+        image_length=length,
+        seed=seed,
+        style=style,
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        img.save(output / f"invoke-{i}.jpg")
+    save_png(grid([load_image(image), *images]), output / "invoke-grid.png")
+    typer.echo(f"{len(images)} images -> {output} (grid: {output / 'invoke-grid.png'})")
+
+
+def _print_json(data: object) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@app.command()
+def package(
+    target: Annotated[str, typer.Argument(help="MODEL_DIR (a diffusers inpainting folder), or `verify`.")],
+    archive: Annotated[Path | None, typer.Argument(help="With `verify`: the model.tar.gz to check.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Archive to write.")] = Path("model.tar.gz"),
+    segmenter: Annotated[
+        Path | None, typer.Option(help="A CLIPSeg folder to include, so requests can mask by text.")
+    ] = None,
+    style: Annotated[
+        list[str] | None, typer.Option("--style", help="A LoRA style NAME=PATH to include (repeat).")
+    ] = None,
+    run: Annotated[bool, typer.Option(help="verify: also extract it and drive its handler.")] = True,
+) -> None:
+    """Pack a model as SageMaker's model.tar.gz (files at the root, code/ included), or `verify` one.
+
+    restyle package ./my-model -o model.tar.gz --segmenter ./clipseg
+    restyle package verify model.tar.gz
+    """
+    from restyle.package import build_archive
+    from restyle.package.verify import verify_archive
+
+    _quiet()
+    if target == "verify":
+        if archive is None:
+            raise InvalidParameterError("ARCHIVE: `restyle package verify model.tar.gz`", field="archive")
+        _print_json(verify_archive(archive, run=run))
+        typer.secho(f"{archive}: OK", fg=typer.colors.GREEN, err=True)
+        return
+    if archive is not None:
+        raise InvalidParameterError(f"unexpected argument {archive}; use -o for the output", field="archive")
+    names = build_archive(Path(target), output, segmenter=segmenter, styles=_loras(style))
+    size = output.stat().st_size / 1024 / 1024
+    typer.echo(
+        f"wrote {output} ({len(names)} files, {size:.1f} MB); check it with `restyle package verify {output}`"
+    )
+
+
+@app.command()
+def deploy(
+    model_data: Annotated[str, typer.Argument(help="s3://bucket/path/model.tar.gz")],
+    role: Annotated[str, typer.Option(help="IAM role ARN for SageMaker.")],
+    name: Annotated[str, typer.Option(help="Model / endpoint name.")] = "restyle",
+    region: Annotated[str, typer.Option()] = "us-east-1",
+    instance_type: Annotated[str, typer.Option()] = "ml.g5.xlarge",
+    image_uri: Annotated[
+        str | None, typer.Option(help="Serving image (default: HF PyTorch inference).")
+    ] = None,
+    min_instances: Annotated[int, typer.Option()] = 1,
+    max_instances: Annotated[int, typer.Option()] = 2,
+    target_invocations: Annotated[
+        int, typer.Option(help="Per instance per minute; autoscaling target.")
+    ] = 20,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the API calls; send nothing.")] = False,
+) -> None:
+    """Create a real-time endpoint (model, endpoint config, endpoint, autoscaling) for a model.tar.gz."""
+    from restyle.package.deploy import DeploySpec, apply, plan
+
+    spec = DeploySpec(
+        name=name,
+        model_data=model_data,
+        role=role,
+        region=region,
+        instance_type=instance_type,
+        image_uri=image_uri,
+        min_instances=min_instances,
+        max_instances=max_instances,
+        target_invocations=target_invocations,
+    )
+    if dry_run:
+        _print_json(plan(spec))
+        return
+    apply(spec)
+    typer.echo(f"endpoint {name} is InService in {region}")

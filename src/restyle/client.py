@@ -1,0 +1,159 @@
+"""A small Python client for a restyle server (standard library only) and the original design's helpers.
+
+from restyle.client import Client, grid
+client = Client("http://127.0.0.1:8080")
+images = client.style("photo.jpg", garment="the dress", prompt="a red linen maxi skirt", num_images=3)
+grid([Image.open("photo.jpg"), *images]).save("compare.png")   # the original first
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from restyle.errors import RestyleError
+from restyle.outputs import grid
+
+__all__ = ["Client", "ServerError", "decode_image", "encode_image", "grid"]
+
+ImageInput = str | Path | bytes | Image.Image
+
+
+def encode_image(image: ImageInput, fmt: str = "PNG") -> str:
+    """A file path, raw file bytes or PIL image as a base64 string (files are sent as they are)."""
+    if isinstance(image, Image.Image):
+        buf = io.BytesIO()
+        image.save(buf, format=fmt)
+        data = buf.getvalue()
+    elif isinstance(image, bytes):
+        data = image
+    else:
+        data = Path(image).read_bytes()
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_image(data: str) -> Image.Image:
+    """A base64 image (as the server returns them) to a loaded PIL image."""
+    img = Image.open(io.BytesIO(base64.b64decode(data)))
+    img.load()
+    return img
+
+
+class ServerError(RestyleError):
+    """The server answered with an error; `status`, `field` and `message` say which."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(f"HTTP {status}: {body.get('message', body)}", field=body.get("field"))
+        self.status = status
+        self.body = body
+
+
+class Client:
+    """Talks to `restyle serve` (or a SageMaker endpoint behind an HTTP gateway)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One JSON request; errors raise ServerError with the server's message."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("X-API-Key", self.api_key)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = {"message": raw.decode(errors="replace")[:500]}
+            raise ServerError(err.code, parsed if isinstance(parsed, dict) else {"message": parsed}) from None
+        except urllib.error.URLError as err:
+            raise RestyleError(f"cannot reach {self.url}: {err.reason}") from err
+
+    def ping(self) -> bool:
+        """True when the server has loaded and warmed its models."""
+        try:
+            self.request("GET", "/ping")
+            return True
+        except (ServerError, RestyleError):
+            return False
+
+    def invoke(
+        self,
+        image: ImageInput,
+        prompt: str,
+        *,
+        mask: ImageInput | None = None,
+        garment: str | None = None,
+        num_images: int = 2,
+        steps: int = 25,
+        guidance: float = 6.5,
+        image_length: int = 512,
+        **extra: Any,
+    ) -> list[Image.Image]:
+        """POST /invocations with the original payload; returns the decoded images."""
+        payload: dict[str, Any] = {
+            "inputs": prompt,
+            "input_img": encode_image(image),
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": num_images,
+            "image_length": image_length,
+        }
+        if mask is not None:
+            payload["mask_img"] = encode_image(mask)
+        if garment is not None:
+            payload["mask_prompt"] = garment
+        payload.update({k: v for k, v in extra.items() if v is not None})
+        return [decode_image(b) for b in self.request("POST", "/invocations", payload)["generated_images"]]
+
+    def style(
+        self,
+        image: ImageInput,
+        *,
+        garment: str | list[str] | None = None,
+        mask: ImageInput | None = None,
+        **fields: Any,
+    ) -> list[Image.Image]:
+        """POST /v1/style (fields as in the API: prompt, garment_type, color, num_images, seed, ...)."""
+        return [
+            decode_image(i["image"])
+            for i in self.style_raw(image, garment=garment, mask=mask, **fields)["images"]
+        ]
+
+    def style_raw(
+        self,
+        image: ImageInput,
+        *,
+        garment: str | list[str] | None = None,
+        mask: ImageInput | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/style; the full JSON answer (images, seeds, mask, metadata, URLs)."""
+        body: dict[str, Any] = {
+            "image": encode_image(image),
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        if garment is not None:
+            body["garment"] = garment
+        if mask is not None:
+            body["mask"] = encode_image(mask)
+        return self.request("POST", "/v1/style", body)
+
+    def segment(self, image: ImageInput, garment: str | list[str], **options: Any) -> Image.Image:
+        """POST /v1/segment; the mask as a PIL `L` image."""
+        body = {"image": encode_image(image), "garment": garment, **options}
+        return decode_image(self.request("POST", "/v1/segment", body)["mask"])

@@ -1,0 +1,246 @@
+"""`model.tar.gz` for a SageMaker (Hugging Face inference toolkit) endpoint: build, check, extract.
+
+Layout, files at the archive root (not inside a folder), as the platform expects:
+
+    model_index.json  feature_extractor/  scheduler/  text_encoder/  tokenizer/  unet/  vae/
+    segmenter/                 optional: a CLIPSeg folder, so requests can mask by text
+    styles/NAME/pytorch_lora_weights.safetensors   optional LoRA styles
+    code/inference.py          model_fn / input_fn / predict_fn / output_fn
+    code/requirements.txt      what the toolkit pip-installs before loading
+    code/restyle/              restyle itself (the handler imports it; no index needed)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+
+import restyle
+from restyle.errors import InvalidParameterError, ModelLoadError
+
+REQUIRED = ("feature_extractor", "scheduler", "text_encoder", "tokenizer", "unet", "vae")
+CODE_DEPS = (
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "huggingface_hub",
+    "peft",
+    "pydantic",
+    "pillow",
+    "numpy",
+    "scipy",
+)  # torch comes with the serving image (its CUDA build)
+SKIP_DIRS = {"logs", ".git", "__pycache__", ".cache", "code", "segmenter", "styles"}
+SKIP_FILES = {"optimizer.bin", "scheduler.bin", "random_states_0.pkl", "model.tar.gz"}
+
+
+class ArchiveError(InvalidParameterError):
+    """A model folder or archive that does not have the layout an endpoint needs."""
+
+
+def _is_checkpoint(part: str) -> bool:
+    return part.startswith("checkpoint-") or part.startswith("checkpoint_")
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """A diffusers inpainting folder: model_index.json, the six component folders, a 9-channel UNet."""
+    if not (model_dir / "model_index.json").is_file():
+        raise ArchiveError(
+            f"MODEL_DIR: {model_dir} has no model_index.json (not a diffusers pipeline folder)"
+        )
+    missing = [name for name in REQUIRED if not (model_dir / name).is_dir()]
+    if missing:
+        raise ArchiveError(
+            f"MODEL_DIR: {model_dir} lacks {', '.join(missing)}/ (the diffusers layout needs them)"
+        )
+    unet = json.loads((model_dir / "unet" / "config.json").read_text())
+    if unet.get("in_channels") != 9:
+        raise ArchiveError(
+            f"MODEL_DIR: the UNet takes {unet.get('in_channels')} input channels; an inpainting model takes 9"
+        )
+
+
+def _walk(root: Path, prefix: str = "") -> Iterator[tuple[Path, str]]:
+    """(file, archive name) pairs under `root`, sorted, without checkpoints, logs and training state."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        rel = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not _is_checkpoint(d) and not d.startswith("."))
+        if rel == Path(".") and not prefix:
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        for name in sorted(filenames):
+            if name.startswith(".") or name in SKIP_FILES or name.endswith((".pyc", ".tmp")):
+                continue
+            yield Path(dirpath) / name, str(PurePosixPath(prefix, *rel.parts, name))
+
+
+def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    """A regular file entry (links in the source, e.g. a Hugging Face cache snapshot, are followed)."""
+    real = path.resolve()
+    info = tarfile.TarInfo(arcname)
+    info.size = real.stat().st_size
+    info.mode = 0o644
+    info.mtime = int(real.stat().st_mtime)
+    with real.open("rb") as fh:
+        tar.addfile(info, fh)
+
+
+def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
+    info = tarfile.TarInfo(arcname)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def requirements() -> str:
+    """code/requirements.txt: the handler's dependencies, pinned to the versions restyle runs here."""
+    lines = ["# installed by the inference toolkit before code/inference.py is imported"]
+    for dist in CODE_DEPS:
+        try:
+            lines.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            lines.append(dist)
+    return "\n".join(lines) + "\n"
+
+
+def _code_files() -> Iterator[tuple[Path, str]]:
+    """code/inference.py and the restyle package (no tests, no caches)."""
+    pkg = Path(restyle.__file__).parent
+    yield pkg / "package" / "inference.py", "code/inference.py"
+    for path, name in _walk(pkg, "code/restyle"):
+        if path.suffix in {".py", ".typed", ".html", ".css", ".js", ".svg", ".png", ".json"}:
+            yield path, name
+
+
+def build_archive(
+    model_dir: str | Path,
+    output: str | Path,
+    *,
+    segmenter: str | Path | None = None,
+    styles: tuple[tuple[str, str], ...] = (),
+) -> list[str]:
+    """Write `output` (model.tar.gz) from a diffusers inpainting folder; returns the archive's names.
+
+    Args:
+        model_dir: the (fine-tuned) inpainting pipeline folder.
+        output: the archive path; written through a temporary file, so it is never half-written.
+        segmenter: a CLIPSeg folder to include (requests may then use `mask_prompt`).
+        styles: (name, LoRA file or folder) pairs to include under styles/NAME/.
+    """
+    model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
+    check_model_dir(model_dir)
+    entries = list(_walk(model_dir))
+    if segmenter is not None:
+        seg = Path(segmenter).expanduser()
+        if not (seg / "config.json").is_file():
+            raise ArchiveError(f"--segmenter: {seg} is not a transformers model folder (no config.json)")
+        entries += list(_walk(seg, "segmenter"))
+    for name, source in styles:
+        src = Path(source).expanduser()
+        lora = src if src.is_file() else src / "pytorch_lora_weights.safetensors"
+        if not lora.is_file() or not name.replace("-", "").replace("_", "").isalnum():
+            raise ArchiveError(
+                f"--style {name}={source}: expected NAME=a LoRA .safetensors file or its folder"
+            )
+        entries.append((lora, f"styles/{name}/pytorch_lora_weights.safetensors"))
+    entries += list(_code_files())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        # gzip level 1: weights barely compress, and level 6 costs minutes on a 5 GB model
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+            for path, arcname in entries:
+                _add(tar, path, arcname)
+            _add_bytes(tar, "code/requirements.txt", requirements().encode())
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return [name for _, name in entries] + ["code/requirements.txt"]
+
+
+def check_members(tar: tarfile.TarFile) -> list[str]:
+    """Refuse unsafe entries (absolute paths, `..`, links, devices); returns the file names."""
+    names = []
+    for m in tar.getmembers():
+        path = PurePosixPath(m.name)
+        if m.name.startswith(("/", "\\")) or path.is_absolute() or (len(m.name) > 1 and m.name[1] == ":"):
+            raise ArchiveError(f"archive: absolute path {m.name!r} refused")
+        if ".." in path.parts:
+            raise ArchiveError(f"archive: path {m.name!r} leaves the extraction folder ('..'); refused")
+        if m.issym() or m.islnk():
+            raise ArchiveError(
+                f"archive: link {m.name!r} -> {m.linkname!r} refused (links could escape the folder)"
+            )
+        if not (m.isfile() or m.isdir()):
+            raise ArchiveError(f"archive: {m.name!r} is not a regular file or folder; refused")
+        if m.isfile():
+            names.append(str(path))
+    return names
+
+
+def check_layout(names: list[str]) -> None:
+    """The endpoint layout: diffusers folders and code/ at the root, no intermediate checkpoints."""
+    tops = {n.split("/", 1)[0] for n in names}
+    if "model_index.json" not in names:
+        wrapped = [t for t in tops if f"{t}/model_index.json" in names]
+        hint = (
+            f": the files are inside a folder '{wrapped[0]}/'; pack them at the archive root"
+            if wrapped
+            else ""
+        )
+        raise ArchiveError(f"archive: no model_index.json at the root{hint}")
+    missing = [d for d in (*REQUIRED, "code") if d not in tops]
+    if missing:
+        raise ArchiveError(f"archive: missing {', '.join(m + '/' for m in missing)} at the root")
+    for need in ("code/inference.py", "code/requirements.txt", "unet/config.json"):
+        if need not in names:
+            raise ArchiveError(f"archive: missing {need}")
+    checkpoints = sorted({p for n in names for p in n.split("/")[:-1] if _is_checkpoint(p)})
+    if checkpoints:
+        raise ArchiveError(
+            f"archive: contains intermediate checkpoints ({', '.join(checkpoints)}); remove them"
+        )
+
+
+def safe_extract(archive: str | Path, dest: str | Path) -> list[str]:
+    """Check every entry, then extract with the standard library's 'data' filter as a second guard."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            names = check_members(tar)
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ArchiveError(f"archive: {archive} is not a readable tar.gz ({err})") from err
+    return names
+
+
+def inspect_archive(archive: str | Path) -> list[str]:
+    """Check entries and layout without extracting; returns the file names."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            names = check_members(tar)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        raise ArchiveError(f"archive: {archive} is not a readable tar.gz ({err})") from err
+    check_layout(names)
+    return names
+
+
+__all__ = [
+    "ArchiveError",
+    "ModelLoadError",
+    "build_archive",
+    "check_layout",
+    "check_members",
+    "check_model_dir",
+    "inspect_archive",
+    "requirements",
+    "safe_extract",
+]

@@ -1,0 +1,80 @@
+"""SageMaker handler (`code/inference.py` in model.tar.gz), as the Hugging Face inference toolkit calls it.
+
+The toolkit calls model_fn(model_dir) once, then per request input_fn -> predict_fn -> output_fn.
+All request logic is restyle's `Service`, the same code behind the server's POST /invocations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+# restyle ships inside code/ next to this file; make it importable however the toolkit loads us.
+_HERE = Path(__file__).resolve().parent
+if (_HERE / "restyle").is_dir():
+    sys.path.insert(0, str(_HERE))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the archive: never reach for the hub
+
+from restyle.errors import InvalidParameterError  # noqa: E402
+from restyle.serve.handler import (  # noqa: E402
+    Service,
+    encode_invocation,
+    invocation_format,
+    parse,
+)
+from restyle.serve.schemas import InvocationRequest  # noqa: E402
+
+JSON = "application/json"
+
+
+def model_fn(model_dir: str, context: Any = None) -> Service:
+    """Load the inpainter at the archive root, plus segmenter/ and styles/ when packaged."""
+    from restyle.config import ModelConfig
+    from restyle.engine import Restyler
+    from restyle.images import MAX_PIXELS
+
+    root = Path(model_dir)
+    seg = root / "segmenter"
+    config = ModelConfig(
+        inpainter=str(root),
+        device=os.environ.get("RESTYLE_DEVICE", "auto"),
+        dtype=os.environ.get("RESTYLE_DTYPE", "auto"),
+    )
+    if seg.is_dir():
+        config = replace(config, segmenter=str(seg))
+    engine = Restyler(config)
+    styles = root / "styles"
+    for folder in sorted(styles.iterdir()) if styles.is_dir() else []:
+        engine.inpainter.load_style(folder.name, str(folder / "pytorch_lora_weights.safetensors"))
+    service = Service(engine, max_pixels=int(os.environ.get("RESTYLE_MAX_PIXELS", MAX_PIXELS)))
+    service.warmup()
+    return service
+
+
+def input_fn(input_data: bytes | str, content_type: str = JSON, context: Any = None) -> dict[str, Any]:
+    """The request body (JSON) as a dict."""
+    if content_type and JSON not in content_type:
+        raise InvalidParameterError(f"content type {content_type!r}: send application/json", field="body")
+    try:
+        data = json.loads(input_data)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidParameterError(f"body: not valid JSON ({err})", field="body") from err
+    if not isinstance(data, dict):
+        raise InvalidParameterError("body: expected a JSON object", field="body")
+    return data
+
+
+def predict_fn(data: dict[str, Any], model: Service, context: Any = None) -> dict[str, Any]:
+    """Validate the payload (the original contract) and run it; returns the JSON-ready response."""
+    req = parse(InvocationRequest, data)
+    result = model.run_invocation(req)
+    return encode_invocation(result, invocation_format(req, None))
+
+
+def output_fn(prediction: dict[str, Any], accept: str = JSON, context: Any = None) -> str:
+    """JSON, as the original endpoint answers."""
+    return json.dumps(prediction)

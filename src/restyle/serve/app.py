@@ -1,0 +1,221 @@
+"""The FastAPI app: SageMaker contract (/ping, /invocations) and restyle's /v1 API on one worker queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException
+
+from restyle.errors import RestyleError
+from restyle.images import MAX_PIXELS
+from restyle.serve import routes
+from restyle.serve.handler import Service, as_error, describe_errors
+from restyle.serve.jobs import Job, JobStore, NotReadyError, QueueFullError, Worker
+from restyle.serve.security import BodyLimit, require_key
+
+log = logging.getLogger("restyle.serve")
+
+DEFAULT_MAX_BODY = 6 * 1024 * 1024  # the real-time endpoint platform's payload limit
+DEFAULT_MAX_PIXELS = 16_000_000  # a modern phone photo; bigger is a bomb or a mistake for a server
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server runs (models are chosen by ModelConfig)."""
+
+    api_key: str | None = None  # when set, /invocations and /v1 need it (X-API-Key or Bearer)
+    max_body_bytes: int = DEFAULT_MAX_BODY  # request bodies above this get 413
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image size limit (width x height)
+    queue_size: int = 4  # image requests waiting beyond the running one; more get 503 + Retry-After
+    timeout_s: float = 300.0  # a request (queue wait + run) taking longer is cancelled with 504
+    output_dir: Path | None = Path("out/serve")  # results, masks and job records; None keeps nothing
+    loras: tuple[tuple[str, str], ...] = ()  # (name, path) styles loaded at start
+    warmup: bool = True  # one small run before /ping turns healthy
+    shutdown_grace_s: float = 30.0  # how long shutdown waits for the running job
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    worker: Worker
+    store: JobStore
+    service: Service | None = None
+    ready: bool = False
+    phase: str = "starting"
+    load_error: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def create_app(
+    settings: ServerSettings | None = None, service_factory: Callable[[ServerSettings], Service] | None = None
+) -> FastAPI:
+    """Build the app. `service_factory` loads the models (in a background thread, so /ping answers 503
+    meanwhile); the default resolves the configured models or the tiny-model preview."""
+    settings = settings or ServerSettings()
+    store = JobStore(settings.output_dir)
+    worker = Worker(settings.queue_size, on_end=store.record)
+    state = ServerState(settings, worker, store)
+    factory = service_factory or default_service_factory
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker.start()
+        loader = threading.Thread(target=_load, args=(state, factory), name="restyle-loader", daemon=True)
+        loader.start()
+        yield
+        state.ready = False
+        await asyncio.to_thread(worker.stop, settings.shutdown_grace_s)
+
+    app = FastAPI(
+        title="restyle",
+        version=_version(),
+        summary="Text-driven virtual fashion styling: garment masks from text, Stable Diffusion inpainting.",
+        lifespan=lifespan,
+    )
+    app.state.restyle = state
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def preview_header(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        if state.service is not None and state.service.preview:
+            response.headers["X-Restyle-Preview"] = "true"
+        return response
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    guarded = [Depends(require_key(settings.api_key))]
+    app.include_router(routes.sagemaker, dependencies=guarded)
+    app.include_router(routes.v1, prefix="/v1", dependencies=guarded)
+    app.include_router(routes.health)
+    return app
+
+
+def _version() -> str:
+    from restyle import __version__
+
+    return __version__
+
+
+def _load(state: ServerState, factory: Callable[[ServerSettings], Service]) -> None:
+    """Load models and warm up, off the event loop; /ping stays 503 until this succeeds."""
+    try:
+        state.phase = "loading models"
+        service = factory(state.settings)
+        if state.settings.warmup:
+            state.phase = "warming up"
+            service.warmup()
+        state.service = service
+        state.info = _model_info(service)
+        state.ready = True
+        state.phase = "ready"
+        log.info("restyle ready%s", " (PREVIEW MODE: tiny random models)" if service.preview else "")
+    except Exception as err:  # reported by /ping and every image route; the process stays up
+        state.load_error = f"{type(err).__name__}: {err}"
+        state.phase = "failed"
+        log.exception("loading models failed")
+
+
+def _model_info(service: Service) -> dict[str, Any]:
+    engine = service.engine
+    inp = engine.inpainter
+    return {
+        "segmenter": engine.config.segmenter,
+        "inpainter": engine.config.inpainter,
+        "preview": service.preview,
+        "device": str(inp.pipe.device),
+        "dtype": str(inp.pipe.unet.dtype).removeprefix("torch."),
+        "native_size": inp.native_size,
+    }
+
+
+def default_service_factory(settings: ServerSettings, config: Any = None) -> Service:
+    """The configured models (`config`, else file -> env), or the tiny-model preview when they are missing."""
+    from restyle.config import load_model_config
+    from restyle.engine import Restyler
+    from restyle.models.hub import resolve_or_preview
+
+    resolved = resolve_or_preview(config or load_model_config())
+    if resolved.preview:
+        log.warning("PREVIEW MODE: %s not available; serving tiny random models", ", ".join(resolved.missing))
+    engine = Restyler(resolved.config, preview=resolved.preview)
+    engine.segmenter, engine.inpainter  # noqa: B018  load both now, not on the first request
+    return build_service(engine, settings)
+
+
+def build_service(engine: Any, settings: ServerSettings) -> Service:
+    """A Service on `engine` with the settings' styles loaded."""
+    for name, path in settings.loras:
+        engine.inpainter.load_style(name, path)
+    return Service(engine, max_pixels=settings.max_pixels or MAX_PIXELS, output_dir=settings.output_dir)
+
+
+def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(QueueFullError)
+    async def queue_full(request: Request, err: QueueFullError) -> JSONResponse:
+        return _error(503, {**as_error(err), "error": "queue_full"}, {"Retry-After": str(err.retry_after)})
+
+    @app.exception_handler(RestyleError)
+    async def restyle_error(request: Request, err: RestyleError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if err.status_code == 503 else None
+        return _error(err.status_code, as_error(err), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = list(err.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            return _error(400, {"error": "invalid_json", "field": "body", "message": "body: not valid JSON"})
+        skip = 1 if errors and errors[0].get("loc", ("",))[0] in ("body", "path", "query", "header") else 0
+        field_name, message = describe_errors(errors, skip=skip)
+        if errors and errors[0].get("loc", ()) == ("body",):
+            field_name, message = "body", "body: expected a JSON object"
+        return _error(422, {"error": "invalid_parameter", "field": field_name, "message": message})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
+        return _error(
+            err.status_code,
+            {
+                "error": kind.get(err.status_code, "http_error"),
+                "field": "body" if err.status_code == 413 else None,
+                "message": str(err.detail),
+            },
+            dict(err.headers) if err.headers else None,
+        )
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(
+            500, {"error": "internal", "field": None, "message": f"internal error: {type(err).__name__}"}
+        )
+
+
+def job_for(state: ServerState, kind: str, run: Callable[[Job], Any]) -> Job:
+    """Queue image work (503 while loading, failed, or full)."""
+    if not state.ready or state.service is None:
+        if state.load_error:
+            raise NotReadyError(f"models failed to load: {state.load_error}")
+        raise NotReadyError(f"not ready: {state.phase}; retry shortly (GET /ping says when)")
+    job = Job(run=run, kind=kind, timeout_s=state.settings.timeout_s)
+    state.worker.submit(job)
+    state.store.add(job)
+    return job

@@ -1,0 +1,311 @@
+"""The request logic shared by the HTTP server and the SageMaker handler (`code/inference.py`).
+
+No web framework here: a `Service` holds the loaded models and turns validated requests into results.
+The server runs these calls on its worker queue; `code/inference.py` calls them directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from restyle.engine import Restyler
+from restyle.errors import InvalidImageError, InvalidParameterError, RestyleError
+from restyle.images import MAX_PIXELS, image_to_bytes, load_image, load_mask
+from restyle.inpaint.params import StyleParams
+from restyle.inpaint.pipeline import Progress, StyleResult
+from restyle.outputs import png_info, save_result
+from restyle.prompts import DEFAULT_NEGATIVE, DEFAULT_PROTECT, Prompt, build_prompt
+from restyle.segment import MaskParams, MaskResult
+from restyle.segment.ops import overlay
+from restyle.serve.schemas import InvocationRequest, MaskOptions, SegmentRequest, StyleRequest
+
+Cancel = Callable[[], bool]
+JPEG_QUALITY = 95
+
+
+def describe_errors(errors: list[Any], *, skip: int = 0) -> tuple[str | None, str]:
+    """The first pydantic error as (field, message): `num_inference_steps: Input should be <= 150`."""
+    if not errors:
+        return None, "invalid request"
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ())][skip:]
+    field = ".".join(loc) or None
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field (check the spelling; see /docs)"
+    elif err.get("type") == "missing":
+        msg = "required field is missing"
+    return field, f"{field}: {msg}" if field else msg
+
+
+def parse(model: type[BaseModel], data: Any) -> Any:
+    """Validate a decoded JSON body against `model`; errors become InvalidParameterError naming the field."""
+    if not isinstance(data, dict):
+        raise InvalidParameterError("body: expected a JSON object", field="body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        field, message = describe_errors(list(err.errors()))
+        raise InvalidParameterError(message, field=field) from err
+
+
+def decode_base64(data: str, field: str) -> bytes:
+    """Strict base64 (a data-URL prefix and whitespace allowed) to bytes."""
+    if data.startswith("data:"):
+        head, _, data = data.partition(",")
+        if not head.endswith(";base64"):
+            raise InvalidImageError(f"{field}: data URL is not base64-encoded", field=field)
+    try:
+        raw = base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InvalidImageError(f"{field}: not valid base64 ({err})", field=field) from err
+    if not raw:
+        raise InvalidImageError(f"{field}: empty image", field=field)
+    return raw
+
+
+def encode_base64(img: Image.Image, fmt: str = "PNG", meta: dict[str, Any] | None = None) -> str:
+    """A PIL image as a base64 PNG (with metadata chunks when given) or JPEG."""
+    if fmt.upper() == "JPEG":
+        data = image_to_bytes(img.convert("RGB"), "JPEG", quality=JPEG_QUALITY)
+    else:
+        data = image_to_bytes(img, "PNG", pnginfo=png_info(meta)) if meta else image_to_bytes(img, "PNG")
+    return base64.b64encode(data).decode("ascii")
+
+
+def _prompts(*values: str | list[str] | None) -> list[str] | None:
+    for value in values:
+        if value is not None:
+            return [value] if isinstance(value, str) else list(value)
+    return None
+
+
+def _mask_params(opts: MaskOptions) -> MaskParams:
+    protect = DEFAULT_PROTECT if opts.protect is None else tuple(opts.protect)
+    return MaskParams(
+        threshold=opts.threshold,
+        grow=opts.grow,
+        feather=opts.feather,
+        activation=opts.activation,
+        protect=tuple(protect),
+    )
+
+
+def _resize_long_side(img: Image.Image, long_side: int, resample: Image.Resampling) -> Image.Image:
+    w, h = img.size
+    if max(w, h) == long_side:
+        return img
+    scale = long_side / max(w, h)
+    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+
+
+class Service:
+    """Loaded models plus the request logic. Not thread-safe: the server calls it from one worker."""
+
+    def __init__(
+        self, engine: Restyler, *, max_pixels: int = MAX_PIXELS, output_dir: str | Path | None = None
+    ) -> None:
+        self.engine = engine
+        self.max_pixels = max_pixels
+        self.output_dir = Path(output_dir) if output_dir else None
+
+    @property
+    def preview(self) -> bool:
+        return self.engine.preview
+
+    @property
+    def styles(self) -> dict[str, str]:
+        return dict(self.engine.inpainter.styles)
+
+    def warmup(self) -> None:
+        """One small run through both models so the first request does not pay for lazy initialisation."""
+        from restyle.models.hub import is_available
+
+        photo = Image.new("RGB", (64, 64), (200, 180, 160))
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))
+        if is_available(self.engine.config.segmenter):  # a packaged model may come without a segmenter
+            self.engine.segmenter.logits(photo, ["a dress"])
+        self.engine.inpainter.run(photo, mask, StyleParams(prompt="warm-up", steps=1, num_images=1, seed=0))
+
+    # --- the original contract ---------------------------------------------------------------------
+    def run_invocation(
+        self,
+        req: InvocationRequest,
+        *,
+        request_id: str | None = None,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> StyleResult:
+        """The original contract's work: photo resized to `image_length`, mask given or from text, inpaint."""
+        photo = load_image(
+            decode_base64(req.input_img, "input_img"), field="input_img", max_pixels=self.max_pixels
+        )
+        garment = _prompts(req.mask_prompt, req.garment)
+        if (req.mask_img is None) == (garment is None):
+            raise InvalidParameterError(
+                "mask_img: give exactly one of mask_img (a base64 mask) or mask_prompt (garment text)",
+                field="mask_img",
+            )
+        mask = None
+        if req.mask_img is not None:
+            raw = decode_base64(req.mask_img, "mask_img")
+            mask = load_mask(raw, size=photo.size, field="mask_img", max_pixels=self.max_pixels)
+            mask = _resize_long_side(mask, req.image_length, Image.Resampling.BILINEAR)
+        photo = _resize_long_side(photo, req.image_length, Image.Resampling.LANCZOS)
+        params = StyleParams(
+            prompt=req.inputs,
+            negative_prompt=DEFAULT_NEGATIVE if req.negative_prompt is None else req.negative_prompt,
+            steps=req.num_inference_steps,
+            guidance=req.guidance_scale,
+            num_images=req.num_images_per_prompt,
+            seed=req.seed,
+            size=req.image_length,
+        )
+        result, _ = self.engine.style(
+            photo, params, garment=garment, mask=mask, progress=progress, cancel=cancel, style=req.style
+        )
+        self._save(result, photo, request_id)
+        return result
+
+    def invoke(
+        self,
+        req: InvocationRequest,
+        *,
+        accept: str | None = None,
+        request_id: str | None = None,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> dict[str, Any]:
+        """POST /invocations and predict_fn: {"generated_images": [base64 ...], "seeds": [...]}."""
+        result = self.run_invocation(req, request_id=request_id, progress=progress, cancel=cancel)
+        return encode_invocation(result, invocation_format(req, accept))
+
+    # --- restyle's own API ---------------------------------------------------------------------------
+    def segment(self, req: SegmentRequest) -> dict[str, Any]:
+        """POST /v1/segment: the mask, a tinted overlay and the mask's figures."""
+        photo = load_image(decode_base64(req.image, "image"), field="image", max_pixels=self.max_pixels)
+        prompts = _prompts(req.garment) or []
+        res = self.engine.mask(photo, prompts, protect=None, params=_mask_params(req))
+        return {
+            "mask": encode_base64(res.mask),
+            "overlay": encode_base64(overlay(photo, res.mask)),
+            "area": res.area,
+            "confidence": res.confidence,
+            "prompt_areas": dict(res.prompt_areas),
+            "size": photo.size,
+        }
+
+    def prompt_for(self, req: StyleRequest) -> Prompt:
+        """The inpainting prompt of a style request: verbatim (`raw`) or built from its attributes."""
+        negative = req.negative_prompt
+        if req.raw:
+            if not req.prompt or not req.prompt.strip():
+                raise InvalidParameterError("prompt: required when raw is true", field="prompt")
+            return Prompt(req.prompt, DEFAULT_NEGATIVE if negative is None else negative)
+        return build_prompt(
+            garment=req.garment_type,
+            text=req.prompt,
+            style=req.design_style,
+            pattern=req.pattern,
+            color=req.color,
+            fabric=req.fabric,
+            fit=req.fit,
+            length=req.length,
+            negative=negative,
+        )
+
+    def style(
+        self,
+        req: StyleRequest,
+        *,
+        request_id: str,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> tuple[StyleResult, MaskResult | None, dict[str, Any]]:
+        """POST /v1/style and jobs: run the request and save it. Returns (result, mask, sidecar)."""
+        photo = load_image(decode_base64(req.image, "image"), field="image", max_pixels=self.max_pixels)
+        garment = _prompts(req.garment)
+        if (req.mask is None) == (garment is None):
+            raise InvalidParameterError(
+                "garment: give exactly one of garment (text) or mask (an image)", field="garment"
+            )
+        mask = None
+        if req.mask is not None:
+            mask = load_mask(
+                decode_base64(req.mask, "mask"), size=photo.size, field="mask", max_pixels=self.max_pixels
+            )
+        prompt = self.prompt_for(req)
+        params = StyleParams(
+            prompt=prompt.text,
+            negative_prompt=prompt.negative,
+            steps=req.steps,
+            guidance=req.guidance,
+            num_images=req.num_images,
+            seed=req.seed,
+            scheduler=req.scheduler,
+            size=req.size,
+        )
+        mask_params = _mask_params(req.mask_options)
+        result, mask_result = self.engine.style(
+            photo,
+            params,
+            garment=garment,
+            mask=mask,
+            mask_params=mask_params if garment is not None else None,
+            progress=progress,
+            cancel=cancel,
+            style=req.style,
+            style_scale=req.style_scale,
+        )
+        sidecar = self._save(result, photo, request_id) or {}
+        return result, mask_result, sidecar
+
+    def _save(self, result: StyleResult, photo: Image.Image, request_id: str | None) -> dict[str, Any] | None:
+        """Write the result before anyone is told it succeeded (no-op without an output folder)."""
+        if self.output_dir is None:
+            return None
+        rid = request_id or uuid.uuid4().hex
+        photo_path = self.output_dir / rid / "input.png"
+        photo_path.parent.mkdir(parents=True, exist_ok=True)
+        photo.save(photo_path)
+        return save_result(result, photo, self.output_dir / rid, stem="result")
+
+
+def invocation_format(req: InvocationRequest, accept: str | None) -> str:
+    """JPEG as the original, PNG when the payload's `image_format` or the Accept header asks for it."""
+    if req.image_format:
+        return req.image_format
+    return "png" if accept and "image/png" in accept.lower() else "jpeg"
+
+
+def encode_invocation(result: StyleResult, fmt: str) -> dict[str, Any]:
+    """The original response body; PNGs carry each image's parameters in their text chunks."""
+    images = [
+        encode_base64(img, "PNG", result.metadata(i)) if fmt == "png" else encode_base64(img, "JPEG")
+        for i, img in enumerate(result.images)
+    ]
+    return {"generated_images": images, "seeds": result.seeds}
+
+
+def image_from_base64(data: str, field: str = "image") -> Image.Image:
+    """Decode a base64 image (client side helper, also used in tests)."""
+    return Image.open(io.BytesIO(decode_base64(data, field)))
+
+
+def as_error(err: RestyleError) -> dict[str, Any]:
+    """The JSON error body for a RestyleError."""
+    kind = getattr(err, "kind", None)
+    if kind is None:
+        kind = "".join(f"_{c.lower()}" if c.isupper() else c for c in type(err).__name__).lstrip("_")
+        kind = kind.removesuffix("_error")
+    return {"error": kind, "field": err.field, "message": err.message}

@@ -1,0 +1,300 @@
+"""One worker thread, a bounded queue and job records.
+
+Image work is serialised on one thread: the models are not thread-safe and one GPU runs one pipeline at
+a time anyway. The queue is bounded so an overloaded server answers "busy, retry later" at once instead of
+piling up work it cannot finish. Every job's record is written to disk when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from restyle.errors import RestyleError
+from restyle.inpaint.pipeline import CancelledError
+
+log = logging.getLogger("restyle.serve")
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+class QueueFullError(RestyleError):
+    """The worker queue is at its limit: retry later."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDownError(RestyleError):
+    status_code = 503
+
+
+class NotReadyError(RestyleError):
+    """Models are still loading (or failed to load)."""
+
+    status_code = 503
+
+
+class TimeoutExceededError(RestyleError):
+    status_code = 504
+
+
+@dataclass
+class Job:
+    """One unit of image work and what happened to it."""
+
+    run: Callable[[Job], Any]  # the work; gets the job for progress/cancel
+    kind: str = "style"
+    timeout_s: float | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    state: str = "queued"
+    step: int = 0
+    total: int = 0
+    error: dict[str, Any] | None = None
+    result: Any = None  # the run's return value (kept in memory for the request that waits on it)
+    summary: dict[str, Any] | None = None  # JSON-ready result description, written to disk
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, done: int, total: int) -> None:
+        self.step, self.total = done, total
+
+    def should_stop(self) -> bool:
+        """Polled by the pipeline every step: cancelled, or past its deadline."""
+        if self._cancel.is_set():
+            return True
+        return bool(self.timeout_s and self.started and time.monotonic() - self.started > self.timeout_s)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def ended(self) -> bool:
+        return self._done.is_set()
+
+    def _finish(self, state: str, error: dict[str, Any] | None = None) -> None:
+        self.state, self.error, self.finished = state, error, time.time()
+        with self._lock:
+            self._done.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait (without blocking the event loop) until the job ends; False on timeout."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        with self._lock:
+            if self._done.is_set():
+                return True
+            self._waiters.append((loop, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def status(self, position: int | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "step": self.step,
+            "total": self.total,
+            "position": position if self.state == "queued" else None,
+            "error": self.error,
+            "result": self.summary,
+            "created": self.created,
+            "finished": self.finished,
+        }
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def error_dict(err: BaseException) -> dict[str, Any]:
+    from restyle.serve.handler import as_error
+
+    if isinstance(err, RestyleError):
+        return {**as_error(err), "status": err.status_code}
+    return {
+        "error": "internal",
+        "field": None,
+        "message": f"internal error: {type(err).__name__}: {err}",
+        "status": 500,
+    }
+
+
+class Worker:
+    """A single thread running jobs from a bounded FIFO queue."""
+
+    def __init__(self, queue_size: int = 4, on_end: Callable[[Job], None] | None = None) -> None:
+        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.on_end = on_end
+        self.current: Job | None = None
+        self.accepting = True
+        self._mean_s = 5.0  # running mean job time, for Retry-After
+        self._thread = threading.Thread(target=self._loop, name="restyle-worker", daemon=True)
+        self._pending: list[Job] = []  # queued, in order (for positions and shutdown)
+        self._plock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> Job:
+        """Queue `job`; raises QueueFullError (503 + Retry-After) when the queue is at its limit."""
+        if not self.accepting:
+            raise ShuttingDownError("the server is shutting down; retry on another instance")
+        with self._plock:
+            try:
+                self.queue.put_nowait(job)
+            except queue.Full:
+                wait = max(1, round(self._mean_s * (self.queue_size + 1)))
+                raise QueueFullError(
+                    f"busy: {self.queue_size} requests are already waiting (queue limit {self.queue_size}); "
+                    f"retry in about {wait} s",
+                    retry_after=wait,
+                ) from None
+            self._pending.append(job)
+        return job
+
+    def position(self, job: Job) -> int | None:
+        with self._plock:
+            return self._pending.index(job) if job in self._pending else None
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def _loop(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            with self._plock:
+                if job in self._pending:
+                    self._pending.remove(job)
+            if job.ended:  # failed by stop() while it waited
+                continue
+            if job._cancel.is_set():
+                self._end(
+                    job,
+                    "cancelled",
+                    {"error": "cancelled", "field": None, "message": "cancelled before it started"},
+                )
+                continue
+            self.current = job
+            self._run(job)
+            self.current = None
+
+    def _run(self, job: Job) -> None:
+        job.state, job.started = "running", time.monotonic()
+        try:
+            job.result = job.run(job)
+        except CancelledError:
+            if job._cancel.is_set():
+                self._end(job, "cancelled", {"error": "cancelled", "field": None, "message": "cancelled"})
+            else:
+                msg = f"timed out after {job.timeout_s:g} s"
+                self._end(job, "failed", {"error": "timeout", "field": None, "message": msg, "status": 504})
+            return
+        except RestyleError as err:
+            self._end(job, "failed", error_dict(err))
+            return
+        except Exception as err:  # a bug or an OOM must fail this job only, never the server
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self._end(job, "failed", error_dict(err))
+            return
+        self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - job.started)
+        self._end(job, "done")
+
+    def _end(self, job: Job, state: str, error: dict[str, Any] | None = None) -> None:
+        if state == "done" and job.total:
+            job.step = job.total
+        job._finish(state, error)
+        if self.on_end is not None:
+            try:
+                self.on_end(job)
+            except Exception:
+                log.exception("recording job %s failed", job.id)
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Refuse new work, fail what is queued, let the running job finish (cancelled after `grace_s`)."""
+        self.accepting = False
+        with self._plock:
+            pending, self._pending = self._pending, []
+            while True:  # empty the queue so the stop marker always fits
+                try:
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    break
+        shutdown = {"error": "shutdown", "field": None, "status": 503}
+        for job in pending:
+            job.cancel()
+            self._end(job, "failed", {**shutdown, "message": "the server shut down before this job started"})
+        running = self.current
+        if running is not None and not running._done.wait(grace_s):
+            running.cancel()
+            running._done.wait(10)
+        self.queue.put(None)
+        self._thread.join(timeout=5)
+
+
+class JobStore:
+    """Job records in memory (bounded) and on disk (`<output>/<id>/job.json`), so results outlive restarts."""
+
+    def __init__(self, root: Path | None, keep: int = 1000) -> None:
+        self.root = root
+        self.keep = keep
+        self._jobs: dict[str, Job] = {}
+
+    def add(self, job: Job) -> None:
+        self._jobs[job.id] = job
+        while len(self._jobs) > self.keep:
+            oldest = next(iter(self._jobs))
+            if not self._jobs[oldest].ended:
+                break
+            del self._jobs[oldest]
+
+    def get(self, job_id: str) -> Job | dict[str, Any] | None:
+        """The live job, or the record a previous run left on disk, or None."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        if self.root is None or not job_id.isalnum():
+            return None
+        path = self.root / job_id / "job.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def record(self, job: Job) -> None:
+        """Write the job's final status atomically beside its files."""
+        if self.root is None:
+            return
+        folder = self.root / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".job.json.tmp"
+        status = job.status()
+        status["error"] = job.error
+        tmp.write_text(json.dumps(status, indent=2, default=str))
+        os.replace(tmp, folder / "job.json")

@@ -1,0 +1,257 @@
+"""HTTP routes. Image work goes through the worker queue (`job_for`); everything else answers at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from restyle.errors import RestyleError
+from restyle.serve.handler import encode_base64
+from restyle.serve.jobs import TERMINAL, Job, TimeoutExceededError
+from restyle.serve.schemas import (
+    ErrorBody,
+    InvocationRequest,
+    InvocationResponse,
+    JobStatus,
+    SegmentRequest,
+    SegmentResponse,
+    StyleRequest,
+    StyleResponse,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Unreadable image, base64 or JSON (the field is named)",
+        401: "Missing or wrong API key",
+        413: "Body over the payload limit",
+        422: "A parameter out of range or of the wrong type (the field is named)",
+        503: "Loading, or the queue is full (see Retry-After)",
+        504: "The request took longer than the server's timeout",
+    }.items()
+}
+
+sagemaker = APIRouter(tags=["SageMaker contract"])
+v1 = APIRouter(tags=["restyle API"], responses=ERRORS)
+health = APIRouter(tags=["SageMaker contract"])
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.restyle
+
+
+async def _run(request: Request, kind: str, work: Any) -> Job:
+    """Queue work, wait for it (bounded by the server's timeout) and return the finished job."""
+    from restyle.serve.app import job_for
+
+    state = _state(request)
+    job = job_for(state, kind, work)
+    if not await job.wait(state.settings.timeout_s):
+        job.cancel()
+        raise TimeoutExceededError(f"timed out after {state.settings.timeout_s:g} s (queue wait + run)")
+    if job.state != "done":
+        err = job.error or {}
+        status = int(err.get("status", 500))
+        body = {k: err.get(k) for k in ("error", "field", "message")}
+        raise _Failed(status, body)
+    return job
+
+
+class _Failed(RestyleError):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("message")), field=body.get("field"))
+        self.status_code = status
+        self.kind = body.get("error") or "failed"
+
+
+# --- SageMaker -----------------------------------------------------------------------------------------
+@health.get("/ping", summary="Health: 200 once models are loaded and warmed up, 503 before")
+async def ping(request: Request) -> JSONResponse:
+    state = _state(request)
+    if state.ready:
+        return JSONResponse({"status": "ready", "preview": state.info.get("preview", False)})
+    body = {
+        "status": "failed" if state.load_error else "loading",
+        "phase": state.phase,
+        "error": state.load_error,
+    }
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
+@sagemaker.post(
+    "/invocations",
+    response_model=InvocationResponse,
+    responses=ERRORS,
+    summary="The original endpoint contract: prompt + base64 photo + base64 mask (or mask_prompt) -> images",
+)
+async def invocations(req: InvocationRequest, request: Request) -> Any:
+    accept = request.headers.get("accept")
+
+    def work(job: Job) -> Any:
+        service = _state(request).service
+        return service.invoke(
+            req, accept=accept, request_id=job.id, progress=job.progress, cancel=job.should_stop
+        )
+
+    job = await _run(request, "invoke", work)
+    return job.result
+
+
+# --- /v1 -----------------------------------------------------------------------------------------------
+@v1.post("/segment", response_model=SegmentResponse, summary="Garment text -> mask (+ overlay and figures)")
+async def segment(req: SegmentRequest, request: Request) -> Any:
+    job = await _run(request, "segment", lambda job: _state(request).service.segment(req))
+    return job.result
+
+
+def _style_work(request: Request, req: StyleRequest) -> Any:
+    def work(job: Job) -> Any:
+        service = _state(request).service
+        result, _mask, sidecar = service.style(
+            req, request_id=job.id, progress=job.progress, cancel=job.should_stop
+        )
+        job.summary = _summary(job.id, result, sidecar, service.preview)
+        return result
+
+    return work
+
+
+def _summary(job_id: str, result: Any, sidecar: dict[str, Any], preview: bool) -> dict[str, Any]:
+    files = [entry.get("file") for entry in sidecar.get("images", [])]
+    base = f"/v1/jobs/{job_id}/files/"
+    return {
+        "images": [
+            {"url": base + name if name else None, "seed": seed, "metadata": result.metadata(i)}
+            for i, (name, seed) in enumerate(zip(files or [None] * len(result.seeds), result.seeds))
+        ],
+        "mask_url": base + sidecar["mask"] if sidecar else None,
+        "grid_url": base + sidecar["grid"] if sidecar else None,
+        "seeds": result.seeds,
+        "prompt": result.params.prompt,
+        "negative_prompt": result.params.negative_prompt,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "preview": preview,
+    }
+
+
+@v1.post("/style", response_model=StyleResponse, summary="Photo + garment text + style -> variants (waits)")
+async def style(req: StyleRequest, request: Request) -> Any:
+    job = await _run(request, "style", _style_work(request, req))
+    result, summary = job.result, job.summary or {}
+    return {
+        "id": job.id,
+        "images": [
+            {"image": encode_base64(img, "PNG", entry["metadata"]), **entry}
+            for img, entry in zip(result.images, summary["images"])
+        ],
+        "mask": encode_base64(result.mask),
+        **{k: summary[k] for k in ("mask_url", "seeds", "prompt", "negative_prompt", "elapsed_s", "preview")},
+    }
+
+
+@v1.post(
+    "/jobs", status_code=202, response_model=JobStatus, summary="Queue a style request; poll or stream it"
+)
+async def create_job(req: StyleRequest, request: Request) -> Any:
+    from restyle.serve.app import job_for
+
+    state = _state(request)
+    job = job_for(state, "style", _style_work(request, req))
+    job.result = None
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    return JSONResponse(job.status(state.worker.position(job)), status_code=202, headers=headers)
+
+
+def _find(request: Request, job_id: str) -> Job | dict[str, Any]:
+    found = _state(request).store.get(job_id)
+    if found is None:
+        raise HTTPException(404, f"job {job_id!r} not found")
+    return found
+
+
+def _status(request: Request, found: Job | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(found, Job):
+        return found.status(_state(request).worker.position(found))
+    return found
+
+
+@v1.get("/jobs/{job_id}", response_model=JobStatus, summary="A job's state, progress and (when done) result")
+async def job_status(job_id: str, request: Request) -> Any:
+    return _status(request, _find(request, job_id))
+
+
+@v1.get("/jobs/{job_id}/events", summary="Server-sent events: progress until the job ends")
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    found = _find(request, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        last = None
+        while True:
+            status = _status(request, found)
+            key = (status["state"], status["step"], status.get("position"))
+            if key != last:
+                last = key
+                event = status["state"] if status["state"] in TERMINAL else "progress"
+                yield f"event: {event}\ndata: {json.dumps(status, default=str)}\n\n"
+            if status["state"] in TERMINAL or await request.is_disconnected():
+                return
+            await asyncio.sleep(0.1)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@v1.post("/jobs/{job_id}/cancel", response_model=JobStatus, summary="Cancel a queued or running job")
+@v1.delete("/jobs/{job_id}", response_model=JobStatus, include_in_schema=False)
+async def cancel_job(job_id: str, request: Request) -> Any:
+    found = _find(request, job_id)
+    if isinstance(found, Job) and not found.ended:
+        found.cancel()
+        await found.wait(5.0)
+    return _status(request, found)
+
+
+@v1.get("/jobs/{job_id}/files/{name}", summary="A saved file of a job (images, mask, grid, sidecar)")
+async def job_file(job_id: str, name: str, request: Request) -> FileResponse:
+    root = _state(request).settings.output_dir
+    if root is None or not job_id.isalnum() or "/" in name or name.startswith("."):
+        raise HTTPException(404, "no such file")
+    path = root / job_id / name
+    if not path.is_file():
+        raise HTTPException(404, f"job {job_id!r} has no file {name!r}")
+    return FileResponse(path)
+
+
+@v1.get("/models", summary="The loaded models, device and mode")
+async def models(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    return {"ready": state.ready, "phase": state.phase, **state.info}
+
+
+@v1.get("/styles", summary="LoRA styles loaded at start (the `style` field of a request)")
+async def styles(request: Request) -> dict[str, Any]:
+    service = _state(request).service
+    loaded = service.styles if service is not None and _state(request).ready else {}
+    return {"styles": [{"name": n, "source": s} for n, s in sorted(loaded.items())]}
+
+
+@v1.get("/vocabulary", summary="The fashion vocabulary used to build prompts")
+async def vocabulary() -> dict[str, Any]:
+    from restyle.prompts import vocabulary as v
+
+    return {
+        "garments": v.GARMENTS,
+        "design_styles": v.DESIGN_STYLES,
+        "patterns": v.PATTERNS,
+        "colors": v.COLORS,
+        "fabrics": v.FABRICS,
+        "fits": v.FITS,
+        "lengths": v.LENGTHS,
+        "default_negative": v.DEFAULT_NEGATIVE,
+        "default_protect": v.DEFAULT_PROTECT,
+    }
