@@ -202,7 +202,12 @@ class Worker:
                 self._end(
                     job,
                     "cancelled",
-                    {"error": "cancelled", "field": None, "message": "cancelled before it started"},
+                    {
+                        "error": "cancelled",
+                        "field": None,
+                        "message": "cancelled before it started",
+                        "status": 409,
+                    },
                 )
                 continue
             self.current = job
@@ -215,7 +220,11 @@ class Worker:
             job.result = job.run(job)
         except CancelledError:
             if job._cancel.is_set():
-                self._end(job, "cancelled", {"error": "cancelled", "field": None, "message": "cancelled"})
+                self._end(
+                    job,
+                    "cancelled",
+                    {"error": "cancelled", "field": None, "message": "cancelled", "status": 409},
+                )
             else:
                 msg = f"timed out after {job.timeout_s:g} s"
                 self._end(job, "failed", {"error": "timeout", "field": None, "message": msg, "status": 504})

@@ -46,8 +46,11 @@ def _state(request: Request) -> Any:
     return request.app.state.restyle
 
 
-async def _run(request: Request, kind: str, work: Any) -> Job:
-    """Queue work, wait for it (bounded by the server's timeout) and return the finished job."""
+async def _run(request: Request, kind: str, work: Any) -> tuple[Job, Any]:
+    """Queue work, wait for it (bounded by the server's timeout); returns (job, its result).
+
+    The result leaves the job record here, so finished jobs kept for status queries hold no images.
+    """
     from restyle.serve.app import job_for
 
     state = _state(request)
@@ -60,7 +63,8 @@ async def _run(request: Request, kind: str, work: Any) -> Job:
         status = int(err.get("status", 500))
         body = {k: err.get(k) for k in ("error", "field", "message")}
         raise _Failed(status, body)
-    return job
+    result, job.result = job.result, None
+    return job, result
 
 
 class _Failed(RestyleError):
@@ -99,25 +103,25 @@ async def invocations(req: InvocationRequest, request: Request) -> Any:
             req, accept=accept, request_id=job.id, progress=job.progress, cancel=job.should_stop
         )
 
-    job = await _run(request, "invoke", work)
-    return job.result
+    _, result = await _run(request, "invoke", work)
+    return result
 
 
 # --- /v1 -----------------------------------------------------------------------------------------------
 @v1.post("/segment", response_model=SegmentResponse, summary="Garment text -> mask (+ overlay and figures)")
 async def segment(req: SegmentRequest, request: Request) -> Any:
-    job = await _run(request, "segment", lambda job: _state(request).service.segment(req))
-    return job.result
+    _, result = await _run(request, "segment", lambda job: _state(request).service.segment(req))
+    return result
 
 
-def _style_work(request: Request, req: StyleRequest) -> Any:
+def _style_work(request: Request, req: StyleRequest, keep: bool = True) -> Any:
     def work(job: Job) -> Any:
         service = _state(request).service
         result, _mask, sidecar = service.style(
             req, request_id=job.id, progress=job.progress, cancel=job.should_stop
         )
         job.summary = _summary(job.id, result, sidecar, service.preview)
-        return result
+        return result if keep else None  # async jobs answer from the saved files
 
     return work
 
@@ -142,8 +146,8 @@ def _summary(job_id: str, result: Any, sidecar: dict[str, Any], preview: bool) -
 
 @v1.post("/style", response_model=StyleResponse, summary="Photo + garment text + style -> variants (waits)")
 async def style(req: StyleRequest, request: Request) -> Any:
-    job = await _run(request, "style", _style_work(request, req))
-    result, summary = job.result, job.summary or {}
+    job, result = await _run(request, "style", _style_work(request, req))
+    summary = job.summary or {}
     return {
         "id": job.id,
         "images": [
@@ -162,8 +166,7 @@ async def create_job(req: StyleRequest, request: Request) -> Any:
     from restyle.serve.app import job_for
 
     state = _state(request)
-    job = job_for(state, "style", _style_work(request, req))
-    job.result = None
+    job = job_for(state, "style", _style_work(request, req, keep=False))
     headers = {"Location": f"/v1/jobs/{job.id}"}
     return JSONResponse(job.status(state.worker.position(job)), status_code=202, headers=headers)
 

@@ -145,7 +145,7 @@ class StyleRequest(Strict):
 
 class StyledImage(BaseModel):
     image: str = Field(description="PNG base64, parameters in its text chunks.")
-    url: str = Field(description="Where the saved PNG can be fetched again.")
+    url: str | None = Field(description="Where the saved PNG can be fetched again (null: not kept).")
     seed: int
     metadata: dict
 
@@ -154,7 +154,7 @@ class StyleResponse(BaseModel):
     id: str
     images: list[StyledImage]
     mask: str = Field(description="The compositing mask, PNG base64.")
-    mask_url: str
+    mask_url: str | None
     seeds: list[int]
     prompt: str
     negative_prompt: str
