@@ -6,6 +6,7 @@ Inside restyle every image is PIL RGB and every mask is PIL `L` with 255 = repai
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ MIN_SIDE = 8  # below this there is nothing to segment or repaint
 ImageSource = str | Path | bytes | Image.Image
 
 
-def _open(source: ImageSource, field: str) -> Image.Image:
+def _open(source: ImageSource, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
     try:
@@ -34,9 +35,11 @@ def _open(source: ImageSource, field: str) -> Image.Image:
         raise InvalidImageError(
             f"{field}: not a readable image (expected PNG, JPEG, WebP, TIFF, BMP or GIF)", field=field
         ) from err
-    except Image.DecompressionBombError as err:
+    except Image.DecompressionBombError as err:  # PIL refuses far-too-large headers before we can look
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise InvalidImageError(
-            f"{field}: image too large (decompression bomb guard): {err}", field=field
+            f"{field}: image declares {size}; the limit is {max_pixels:,}", field=field
         ) from err
     except OSError as err:
         raise InvalidImageError(f"{field}: cannot read image: {err}", field=field) from err
@@ -92,7 +95,7 @@ def load_image(source: ImageSource, *, field: str = "image", max_pixels: int = M
     Returns:
         A fully loaded PIL RGB image, upright.
     """
-    img = _open(source, field)
+    img = _open(source, field, max_pixels)
     _check_size(img, field, max_pixels)
     try:
         with warnings.catch_warnings():
@@ -115,7 +118,7 @@ def load_mask(
     Raises:
         InvalidImageError: unreadable, or its size differs from `size` (the photo's, after EXIF rotation).
     """
-    img = _open(source, field)
+    img = _open(source, field, max_pixels)
     _check_size(img, field, max_pixels)
     try:
         img.load()

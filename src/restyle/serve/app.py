@@ -190,6 +190,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        if err.status_code == 400:  # FastAPI could not read the body (bad UTF-8, nesting too deep, ...)
+            message = f"body: could not be read as JSON ({err.detail})"
+            return _error(400, {"error": "invalid_json", "field": "body", "message": message})
         kind = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
         return _error(
             err.status_code,

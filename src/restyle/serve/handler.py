@@ -32,19 +32,36 @@ Cancel = Callable[[], bool]
 JPEG_QUALITY = 95
 
 
+def _field_of(err: Any, skip: int) -> str | None:
+    """The request field of a pydantic error: names only (union branch tags and list indexes dropped)."""
+    names = [p for p in list(err.get("loc", ()))[skip:] if isinstance(p, str) and p.isidentifier()]
+    return ".".join(names) or None
+
+
+def _message_of(err: Any) -> str:
+    if err.get("type") == "extra_forbidden":
+        return "unknown field (check the spelling; see /docs)"
+    if err.get("type") == "missing":
+        return "required field is missing"
+    return str(err.get("msg", "invalid value"))
+
+
 def describe_errors(errors: list[Any], *, skip: int = 0) -> tuple[str | None, str]:
-    """The first pydantic error as (field, message): `num_inference_steps: Input should be <= 150`."""
+    """The first bad field and what is wrong with it: `num_inference_steps: Input should be <= 150`.
+
+    A field that accepts several forms (text or a list of texts) fails once per form; the messages are
+    joined so the answer says every form that would have been accepted.
+    """
     if not errors:
         return None, "invalid request"
-    err = errors[0]
-    loc = [str(p) for p in err.get("loc", ())][skip:]
-    field = ".".join(loc) or None
-    msg = err.get("msg", "invalid value")
-    if err.get("type") == "extra_forbidden":
-        msg = "unknown field (check the spelling; see /docs)"
-    elif err.get("type") == "missing":
-        msg = "required field is missing"
-    return field, f"{field}: {msg}" if field else msg
+    field = _field_of(errors[0], skip)
+    messages: list[str] = []
+    for err in errors:
+        msg = _message_of(err)
+        if _field_of(err, skip) == field and msg not in messages:
+            messages.append(msg)
+    text = "; or ".join(messages)
+    return field, f"{field}: {text}" if field else text
 
 
 def parse(model: type[BaseModel], data: Any) -> Any:
@@ -162,6 +179,23 @@ class Service:
             mask = load_mask(raw, size=photo.size, field="mask_img", max_pixels=self.max_pixels)
             mask = _resize_long_side(mask, req.image_length, Image.Resampling.BILINEAR)
         photo = _resize_long_side(photo, req.image_length, Image.Resampling.LANCZOS)
+        try:
+            return self._invoke(req, photo, mask, garment, request_id, progress, cancel)
+        except RestyleError as err:
+            names = {**INVOCATION_FIELDS, "garment": "mask_prompt" if req.garment is None else "garment"}
+            _renamed(err, names)
+            raise
+
+    def _invoke(
+        self,
+        req: InvocationRequest,
+        photo: Image.Image,
+        mask: Image.Image | None,
+        garment: list[str] | None,
+        request_id: str | None,
+        progress: Progress | None,
+        cancel: Cancel | None,
+    ) -> StyleResult:
         params = StyleParams(
             prompt=req.inputs,
             negative_prompt=DEFAULT_NEGATIVE if req.negative_prompt is None else req.negative_prompt,
@@ -279,6 +313,30 @@ class Service:
         photo_path.parent.mkdir(parents=True, exist_ok=True)
         photo.save(photo_path)
         return save_result(result, photo, self.output_dir / rid, stem="result")
+
+
+# restyle's parameter names -> the original contract's, so /invocations errors name the payload's fields
+INVOCATION_FIELDS = {
+    "prompt": "inputs",
+    "image": "input_img",
+    "mask": "mask_img",
+    "garment": "mask_prompt",
+    "steps": "num_inference_steps",
+    "guidance": "guidance_scale",
+    "num_images": "num_images_per_prompt",
+    "size": "image_length",
+}
+
+
+def _renamed(err: RestyleError, names: dict[str, str]) -> RestyleError:
+    """The same error, naming the request's own field."""
+    new = names.get(err.field or "")
+    if new is not None:
+        if err.message.startswith(f"{err.field}:"):
+            err.message = new + err.message[len(err.field or "") :]
+            err.args = (err.message,)
+        err.field = new
+    return err
 
 
 def invocation_format(req: InvocationRequest, accept: str | None) -> str:

@@ -51,6 +51,7 @@ class NotReadyError(RestyleError):
 
 class TimeoutExceededError(RestyleError):
     status_code = 504
+    kind = "timeout"
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _timed_out: bool = field(default=False, repr=False)  # the waiting request gave up: end as a timeout
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -87,12 +89,23 @@ class Job:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def expire(self) -> None:
+        """Stop it because its request ran out of time (recorded as a timeout, not a cancel)."""
+        self._timed_out = True
+        self._cancel.set()
+
+    def stop_reason(self) -> tuple[str, dict[str, Any]]:
+        """(state, error) for a job stopped by cancel or deadline."""
+        if self._cancel.is_set() and not self._timed_out:
+            return "cancelled", _error("cancelled", "cancelled", 409)
+        return "failed", _error("timeout", f"timed out after {self.timeout_s:g} s", 504)
+
     @property
     def ended(self) -> bool:
         return self._done.is_set()
 
-    def _finish(self, state: str, error: dict[str, Any] | None = None) -> None:
-        self.state, self.error, self.finished = state, error, time.time()
+    def _finish(self, state: str, error: dict[str, Any] | None, finished: float) -> None:
+        self.state, self.error, self.finished = state, error, finished
         with self._lock:
             self._done.set()
             waiters, self._waiters = self._waiters, []
@@ -128,6 +141,10 @@ class Job:
         }
 
 
+def _error(kind: str, message: str, status: int) -> dict[str, Any]:
+    return {"error": kind, "field": None, "message": message, "status": status}
+
+
 def _resolve(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -149,8 +166,10 @@ def error_dict(err: BaseException) -> dict[str, Any]:
 class Worker:
     """A single thread running jobs from a bounded FIFO queue."""
 
-    def __init__(self, queue_size: int = 4, on_end: Callable[[Job], None] | None = None) -> None:
-        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+    def __init__(
+        self, queue_size: int = 4, on_end: Callable[[Job, dict[str, Any]], None] | None = None
+    ) -> None:
+        self.queue: queue.Queue[Job | None] = queue.Queue()  # bounded by `_pending` (cancelled jobs leave it)
         self.queue_size = queue_size
         self.on_end = on_end
         self.current: Job | None = None
@@ -168,17 +187,32 @@ class Worker:
         if not self.accepting:
             raise ShuttingDownError("the server is shutting down; retry on another instance")
         with self._plock:
-            try:
-                self.queue.put_nowait(job)
-            except queue.Full:
+            if len(self._pending) >= self.queue_size:
                 wait = max(1, round(self._mean_s * (self.queue_size + 1)))
                 raise QueueFullError(
                     f"busy: {self.queue_size} requests are already waiting (queue limit {self.queue_size}); "
                     f"retry in about {wait} s",
                     retry_after=wait,
-                ) from None
+                )
             self._pending.append(job)
+            self.queue.put_nowait(job)
         return job
+
+    def cancel(self, job: Job, *, timed_out: bool = False) -> None:
+        """Stop a job: a queued one ends at once (and frees its place), a running one at its next step.
+
+        `timed_out` records it as a timeout (its request gave up) rather than a cancel.
+        """
+        job.expire() if timed_out else job.cancel()
+        with self._plock:
+            queued = job in self._pending
+            if queued:
+                self._pending.remove(job)
+        if queued:
+            state, error = job.stop_reason()
+            if state == "cancelled":
+                error["message"] = "cancelled before it started"
+            self._end(job, state, error)
 
     def position(self, job: Job) -> int | None:
         with self._plock:
@@ -196,19 +230,10 @@ class Worker:
             with self._plock:
                 if job in self._pending:
                     self._pending.remove(job)
-            if job.ended:  # failed by stop() while it waited
+            if job.ended:  # cancelled, or failed by stop(), while it waited
                 continue
             if job._cancel.is_set():
-                self._end(
-                    job,
-                    "cancelled",
-                    {
-                        "error": "cancelled",
-                        "field": None,
-                        "message": "cancelled before it started",
-                        "status": 409,
-                    },
-                )
+                self._end(job, *job.stop_reason())
                 continue
             self.current = job
             self._run(job)
@@ -219,15 +244,7 @@ class Worker:
         try:
             job.result = job.run(job)
         except CancelledError:
-            if job._cancel.is_set():
-                self._end(
-                    job,
-                    "cancelled",
-                    {"error": "cancelled", "field": None, "message": "cancelled", "status": 409},
-                )
-            else:
-                msg = f"timed out after {job.timeout_s:g} s"
-                self._end(job, "failed", {"error": "timeout", "field": None, "message": msg, "status": 504})
+            self._end(job, *job.stop_reason())
             return
         except RestyleError as err:
             self._end(job, "failed", error_dict(err))
@@ -240,14 +257,19 @@ class Worker:
         self._end(job, "done")
 
     def _end(self, job: Job, state: str, error: dict[str, Any] | None = None) -> None:
+        """Record the final status first, then report the end: whoever hears "done" finds the record."""
+        if job.ended:
+            return
         if state == "done" and job.total:
             job.step = job.total
-        job._finish(state, error)
+        finished = time.time()
         if self.on_end is not None:
+            final = {**job.status(), "state": state, "error": error, "finished": finished, "position": None}
             try:
-                self.on_end(job)
+                self.on_end(job, final)
             except Exception:
                 log.exception("recording job %s failed", job.id)
+        job._finish(state, error, finished)
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Refuse new work, fail what is queued, let the running job finish (cancelled after `grace_s`)."""
@@ -259,10 +281,9 @@ class Worker:
                     self.queue.get_nowait()
                 except queue.Empty:
                     break
-        shutdown = {"error": "shutdown", "field": None, "status": 503}
         for job in pending:
             job.cancel()
-            self._end(job, "failed", {**shutdown, "message": "the server shut down before this job started"})
+            self._end(job, "failed", _error("shutdown", "the server shut down before this job started", 503))
         running = self.current
         if running is not None and not running._done.wait(grace_s):
             running.cancel()
@@ -291,19 +312,17 @@ class JobStore:
         """The live job, or the record a previous run left on disk, or None."""
         if job_id in self._jobs:
             return self._jobs[job_id]
-        if self.root is None or not job_id.isalnum():
+        if self.root is None or not (job_id.isalnum() and job_id.isascii() and len(job_id) <= 64):
             return None
         path = self.root / job_id / "job.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def record(self, job: Job) -> None:
+    def record(self, job: Job, status: dict[str, Any]) -> None:
         """Write the job's final status atomically beside its files."""
         if self.root is None:
             return
         folder = self.root / job.id
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / ".job.json.tmp"
-        status = job.status()
-        status["error"] = job.error
         tmp.write_text(json.dumps(status, indent=2, default=str))
         os.replace(tmp, folder / "job.json")

@@ -56,7 +56,7 @@ async def _run(request: Request, kind: str, work: Any) -> tuple[Job, Any]:
     state = _state(request)
     job = job_for(state, kind, work)
     if not await job.wait(state.settings.timeout_s):
-        job.cancel()
+        state.worker.cancel(job, timed_out=True)
         raise TimeoutExceededError(f"timed out after {state.settings.timeout_s:g} s (queue wait + run)")
     if job.state != "done":
         err = job.error or {}
@@ -214,7 +214,7 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
 async def cancel_job(job_id: str, request: Request) -> Any:
     found = _find(request, job_id)
     if isinstance(found, Job) and not found.ended:
-        found.cancel()
+        _state(request).worker.cancel(found)
         await found.wait(5.0)
     return _status(request, found)
 
@@ -222,7 +222,8 @@ async def cancel_job(job_id: str, request: Request) -> Any:
 @v1.get("/jobs/{job_id}/files/{name}", summary="A saved file of a job (images, mask, grid, sidecar)")
 async def job_file(job_id: str, name: str, request: Request) -> FileResponse:
     root = _state(request).settings.output_dir
-    if root is None or not job_id.isalnum() or "/" in name or name.startswith("."):
+    safe_id = job_id.isalnum() and job_id.isascii() and len(job_id) <= 64
+    if root is None or not safe_id or "/" in name or name.startswith(".") or len(name) > 200:
         raise HTTPException(404, "no such file")
     path = root / job_id / name
     if not path.is_file():

@@ -46,7 +46,10 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and not declared.isdigit():
+            await self._reject(send, 400, "body: the Content-Length header is not a number")
+            return
+        if declared is not None and int(declared) > self.max_bytes:
             await self._reject(send)
             return
         seen = 0
@@ -65,14 +68,17 @@ class BodyLimit:
 
     @property
     def message(self) -> str:
-        return f"body: request body is over the {self.max_bytes / 1024 / 1024:g} MB limit"
+        size = self.max_bytes
+        limit = f"{size / 1024 / 1024:g} MB" if size >= 1024 * 1024 else f"{size:,} bytes"
+        return f"body: request body is over the {limit} limit"
 
-    async def _reject(self, send: Callable) -> None:
-        body = json.dumps({"error": "too_large", "field": "body", "message": self.message}).encode()
+    async def _reject(self, send: Callable, status: int = 413, message: str | None = None) -> None:
+        kind = "too_large" if status == 413 else "invalid_body"
+        body = json.dumps({"error": kind, "field": "body", "message": message or self.message}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
