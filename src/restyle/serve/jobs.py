@@ -58,7 +58,7 @@ class TimeoutExceededError(RestyleError):
 class Job:
     """One unit of image work and what happened to it."""
 
-    run: Callable[[Job], Any]  # the work; gets the job for progress/cancel
+    run: Callable[[Job], Any] | None  # the work (gets the job for progress/cancel); dropped when it ends
     kind: str = "style"
     timeout_s: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
@@ -242,6 +242,7 @@ class Worker:
     def _run(self, job: Job) -> None:
         job.state, job.started = "running", time.monotonic()
         try:
+            assert job.run is not None
             job.result = job.run(job)
         except CancelledError:
             self._end(job, *job.stop_reason())
@@ -260,6 +261,7 @@ class Worker:
         """Record the final status first, then report the end: whoever hears "done" finds the record."""
         if job.ended:
             return
+        job.run = None  # its closure holds the request (base64 photos): kept jobs must not keep them
         if state == "done" and job.total:
             job.step = job.total
         finished = time.time()
