@@ -24,6 +24,13 @@ def _loras(values: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _check_loras(pairs: tuple[tuple[str, str], ...]) -> None:
+    """Fail at the command line, not minutes later in the model loader."""
+    for name, path in pairs:
+        if not Path(path).expanduser().exists():
+            raise InvalidParameterError(f"--lora {name}={path}: no such file or folder", field="lora")
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -73,6 +80,8 @@ def serve(
             fg=typer.colors.RED,
             err=True,
         )
+    loras = _loras(lora)
+    _check_loras(loras)
     config = load_model_config(segmenter=segmenter, inpainter=inpainter, device=device)
     resolved = resolve_or_preview(config)
     if resolved.preview:
@@ -84,7 +93,7 @@ def serve(
         queue_size=queue_size,
         timeout_s=timeout,
         output_dir=output,
-        loras=_loras(lora),
+        loras=loras,
         warmup=warmup,
     )
     fastapi_app = create_app(settings, lambda s: default_service_factory(s, resolved.config))

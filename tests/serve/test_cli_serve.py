@@ -112,3 +112,16 @@ def test_invoke_command_writes_images_and_grid(server, photo, tmp_path):
     out = Path(tmp_path / "out")
     assert sorted(p.name for p in out.iterdir()) == ["invoke-0.jpg", "invoke-1.jpg", "invoke-grid.png"]
     assert Image.open(out / "invoke-grid.png").width > 3 * 100
+
+
+@pytest.mark.parametrize(
+    "value, message", [("skirts=/no/such/lora", "no such file"), ("skirts", "NAME=PATH")]
+)
+def test_serve_refuses_bad_lora_flags_at_once(value, message):
+    from typer.testing import CliRunner
+
+    from restyle.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--lora", value])
+    assert result.exit_code != 0 and isinstance(result.exception, Exception)
+    assert message in str(result.exception) and "--lora" in str(result.exception)

@@ -25,6 +25,7 @@ from restyle.client import decode_image, encode_image
 from restyle.outputs import read_metadata
 from restyle.serve.app import ServerSettings, create_app
 from restyle.serve.handler import Service
+from tests.serve.conftest import wait_ready
 
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -54,15 +55,6 @@ def style_payload(photo: Image.Image, mask: Image.Image, **over: Any) -> dict[st
         "seed": 7,
         **over,
     }
-
-
-def wait_ready(client: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/ping").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"not ready after {timeout} s: {client.get('/ping').json()}")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
