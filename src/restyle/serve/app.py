@@ -20,7 +20,7 @@ from restyle.errors import RestyleError
 from restyle.images import MAX_PIXELS
 from restyle.serve import routes
 from restyle.serve.handler import Service, as_error, describe_errors
-from restyle.serve.jobs import Job, JobStore, NotReadyError, QueueFullError, Worker
+from restyle.serve.jobs import JobStore, QueueFullError, Worker
 from restyle.serve.security import BodyLimit, require_key
 
 log = logging.getLogger("restyle.serve")
@@ -210,15 +210,3 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(
             500, {"error": "internal", "field": None, "message": f"internal error: {type(err).__name__}"}
         )
-
-
-def job_for(state: ServerState, kind: str, run: Callable[[Job], Any]) -> Job:
-    """Queue image work (503 while loading, failed, or full)."""
-    if not state.ready or state.service is None:
-        if state.load_error:
-            raise NotReadyError(f"models failed to load: {state.load_error}")
-        raise NotReadyError(f"not ready: {state.phase}; retry shortly (GET /ping says when)")
-    job = Job(run=run, kind=kind, timeout_s=state.settings.timeout_s)
-    state.worker.submit(job)
-    state.store.add(job)
-    return job

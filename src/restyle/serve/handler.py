@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,7 @@ from restyle.errors import InvalidImageError, InvalidParameterError, RestyleErro
 from restyle.images import MAX_PIXELS, image_to_bytes, load_image, load_mask
 from restyle.inpaint.params import StyleParams
 from restyle.inpaint.pipeline import Progress, StyleResult
-from restyle.outputs import png_info, save_result
+from restyle.outputs import png_info, save_png, save_result
 from restyle.prompts import DEFAULT_NEGATIVE, DEFAULT_PROTECT, Prompt, build_prompt
 from restyle.segment import MaskParams, MaskResult
 from restyle.segment.ops import overlay
@@ -154,6 +153,32 @@ class Service:
             self.engine.segmenter.logits(photo, ["a dress"])
         self.engine.inpainter.run(photo, mask, StyleParams(prompt="warm-up", steps=1, num_images=1, seed=0))
 
+    def _inputs(
+        self,
+        image: tuple[str, str],
+        mask: tuple[str, str | None],
+        garment: tuple[str, str | list[str] | None],
+        blame: str,
+    ) -> tuple[Image.Image, Image.Image | None, list[str] | None]:
+        """Decode the (field, base64) photo and mask; exactly one of mask or garment text may be given.
+
+        Errors name the request's fields; a missing or doubled choice names `blame`.
+        """
+        (image_field, image_b64), (mask_field, mask_b64), (text_field, text) = image, mask, garment
+        photo = load_image(
+            decode_base64(image_b64, image_field), field=image_field, max_pixels=self.max_pixels
+        )
+        prompts = _prompts(text)
+        if (mask_b64 is None) == (prompts is None):
+            raise InvalidParameterError(
+                f"{blame}: give exactly one of {mask_field} (a base64 mask) or {text_field} (garment text)",
+                field=blame,
+            )
+        if mask_b64 is None:
+            return photo, None, prompts
+        raw = decode_base64(mask_b64, mask_field)
+        return photo, load_mask(raw, size=photo.size, field=mask_field, max_pixels=self.max_pixels), None
+
     # --- the original contract ---------------------------------------------------------------------
     def run_invocation(
         self,
@@ -164,50 +189,32 @@ class Service:
         cancel: Cancel | None = None,
     ) -> StyleResult:
         """The original contract's work: photo resized to `image_length`, mask given or from text, inpaint."""
-        photo = load_image(
-            decode_base64(req.input_img, "input_img"), field="input_img", max_pixels=self.max_pixels
+        text_field = "garment" if req.mask_prompt is None and req.garment is not None else "mask_prompt"
+        photo, mask, garment = self._inputs(
+            ("input_img", req.input_img),
+            ("mask_img", req.mask_img),
+            (text_field, req.mask_prompt if req.mask_prompt is not None else req.garment),
+            blame="mask_img",
         )
-        garment = _prompts(req.mask_prompt, req.garment)
-        if (req.mask_img is None) == (garment is None):
-            raise InvalidParameterError(
-                "mask_img: give exactly one of mask_img (a base64 mask) or mask_prompt (garment text)",
-                field="mask_img",
-            )
-        mask = None
-        if req.mask_img is not None:
-            raw = decode_base64(req.mask_img, "mask_img")
-            mask = load_mask(raw, size=photo.size, field="mask_img", max_pixels=self.max_pixels)
-            mask = _resize_long_side(mask, req.image_length, Image.Resampling.BILINEAR)
         photo = _resize_long_side(photo, req.image_length, Image.Resampling.LANCZOS)
+        if mask is not None:
+            mask = _resize_long_side(mask, req.image_length, Image.Resampling.BILINEAR)
         try:
-            return self._invoke(req, photo, mask, garment, request_id, progress, cancel)
+            params = StyleParams(
+                prompt=req.inputs,
+                negative_prompt=DEFAULT_NEGATIVE if req.negative_prompt is None else req.negative_prompt,
+                steps=req.num_inference_steps,
+                guidance=req.guidance_scale,
+                num_images=req.num_images_per_prompt,
+                seed=req.seed,
+                size=req.image_length,
+            )
+            result, _ = self.engine.style(
+                photo, params, garment=garment, mask=mask, progress=progress, cancel=cancel, style=req.style
+            )
         except RestyleError as err:
-            names = {**INVOCATION_FIELDS, "garment": "mask_prompt" if req.garment is None else "garment"}
-            _renamed(err, names)
+            _renamed(err, {**INVOCATION_FIELDS, "garment": text_field})
             raise
-
-    def _invoke(
-        self,
-        req: InvocationRequest,
-        photo: Image.Image,
-        mask: Image.Image | None,
-        garment: list[str] | None,
-        request_id: str | None,
-        progress: Progress | None,
-        cancel: Cancel | None,
-    ) -> StyleResult:
-        params = StyleParams(
-            prompt=req.inputs,
-            negative_prompt=DEFAULT_NEGATIVE if req.negative_prompt is None else req.negative_prompt,
-            steps=req.num_inference_steps,
-            guidance=req.guidance_scale,
-            num_images=req.num_images_per_prompt,
-            seed=req.seed,
-            size=req.image_length,
-        )
-        result, _ = self.engine.style(
-            photo, params, garment=garment, mask=mask, progress=progress, cancel=cancel, style=req.style
-        )
         self._save(result, photo, request_id)
         return result
 
@@ -267,17 +274,9 @@ class Service:
         cancel: Cancel | None = None,
     ) -> tuple[StyleResult, MaskResult | None, dict[str, Any]]:
         """POST /v1/style and jobs: run the request and save it. Returns (result, mask, sidecar)."""
-        photo = load_image(decode_base64(req.image, "image"), field="image", max_pixels=self.max_pixels)
-        garment = _prompts(req.garment)
-        if (req.mask is None) == (garment is None):
-            raise InvalidParameterError(
-                "garment: give exactly one of garment (text) or mask (an image)", field="garment"
-            )
-        mask = None
-        if req.mask is not None:
-            mask = load_mask(
-                decode_base64(req.mask, "mask"), size=photo.size, field="mask", max_pixels=self.max_pixels
-            )
+        photo, mask, garment = self._inputs(
+            ("image", req.image), ("mask", req.mask), ("garment", req.garment), blame="garment"
+        )
         prompt = self.prompt_for(req)
         params = StyleParams(
             prompt=prompt.text,
@@ -308,11 +307,9 @@ class Service:
         """Write the result before anyone is told it succeeded (no-op without an output folder)."""
         if self.output_dir is None:
             return None
-        rid = request_id or uuid.uuid4().hex
-        photo_path = self.output_dir / rid / "input.png"
-        photo_path.parent.mkdir(parents=True, exist_ok=True)
-        photo.save(photo_path)
-        return save_result(result, photo, self.output_dir / rid, stem="result")
+        folder = self.output_dir / (request_id or uuid.uuid4().hex)
+        save_png(photo, folder / "input.png")
+        return save_result(result, photo, folder, stem="result")
 
 
 # restyle's parameter names -> the original contract's, so /invocations errors name the payload's fields
@@ -353,11 +350,6 @@ def encode_invocation(result: StyleResult, fmt: str) -> dict[str, Any]:
         for i, img in enumerate(result.images)
     ]
     return {"generated_images": images, "seeds": result.seeds}
-
-
-def image_from_base64(data: str, field: str = "image") -> Image.Image:
-    """Decode a base64 image (client side helper, also used in tests)."""
-    return Image.open(io.BytesIO(decode_base64(data, field)))
 
 
 def as_error(err: RestyleError) -> dict[str, Any]:

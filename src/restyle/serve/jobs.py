@@ -23,6 +23,7 @@ from typing import Any
 
 from restyle.errors import RestyleError
 from restyle.inpaint.pipeline import CancelledError
+from restyle.serve.handler import as_error
 
 log = logging.getLogger("restyle.serve")
 
@@ -151,8 +152,6 @@ def _resolve(fut: asyncio.Future) -> None:
 
 
 def error_dict(err: BaseException) -> dict[str, Any]:
-    from restyle.serve.handler import as_error
-
     if isinstance(err, RestyleError):
         return {**as_error(err), "status": err.status_code}
     return {
@@ -217,10 +216,6 @@ class Worker:
     def position(self, job: Job) -> int | None:
         with self._plock:
             return self._pending.index(job) if job in self._pending else None
-
-    @property
-    def depth(self) -> int:
-        return self.queue.qsize()
 
     def _loop(self) -> None:
         while True:

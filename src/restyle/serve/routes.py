@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 
 from restyle.errors import RestyleError
 from restyle.serve.handler import encode_base64
-from restyle.serve.jobs import TERMINAL, Job, TimeoutExceededError
+from restyle.serve.jobs import TERMINAL, Job, NotReadyError, TimeoutExceededError
 from restyle.serve.schemas import (
     ErrorBody,
     InvocationRequest,
@@ -46,13 +46,23 @@ def _state(request: Request) -> Any:
     return request.app.state.restyle
 
 
+def job_for(state: Any, kind: str, run: Any) -> Job:
+    """Queue image work (503 while loading, after a failed load, or when the queue is full)."""
+    if not state.ready or state.service is None:
+        if state.load_error:
+            raise NotReadyError(f"models failed to load: {state.load_error}")
+        raise NotReadyError(f"not ready: {state.phase}; retry shortly (GET /ping says when)")
+    job = Job(run=run, kind=kind, timeout_s=state.settings.timeout_s)
+    state.worker.submit(job)
+    state.store.add(job)
+    return job
+
+
 async def _run(request: Request, kind: str, work: Any) -> tuple[Job, Any]:
     """Queue work, wait for it (bounded by the server's timeout); returns (job, its result).
 
     The result leaves the job record here, so finished jobs kept for status queries hold no images.
     """
-    from restyle.serve.app import job_for
-
     state = _state(request)
     job = job_for(state, kind, work)
     if not await job.wait(state.settings.timeout_s):
@@ -163,8 +173,6 @@ async def style(req: StyleRequest, request: Request) -> Any:
     "/jobs", status_code=202, response_model=JobStatus, summary="Queue a style request; poll or stream it"
 )
 async def create_job(req: StyleRequest, request: Request) -> Any:
-    from restyle.serve.app import job_for
-
     state = _state(request)
     job = job_for(state, "style", _style_work(request, req, keep=False))
     headers = {"Location": f"/v1/jobs/{job.id}"}
