@@ -185,6 +185,11 @@ def style(
     vae_tiling: Annotated[
         bool | None, typer.Option("--vae-tiling", help="Decode in tiles (small GPUs).")
     ] = None,
+    lora: Annotated[
+        Path | None,
+        typer.Option("--lora", help="A trained LoRA (pytorch_lora_weights.safetensors or its folder)."),
+    ] = None,
+    lora_scale: Annotated[float, typer.Option(help="The LoRA's weight: 1 as trained, 0 off.")] = 1.0,
 ) -> None:
     """Restyle a garment in IMAGE: mask it from --garment text (or --mask) and repaint it from --prompt."""
     from restyle.images import load_image, load_mask
@@ -232,7 +237,14 @@ def style(
     engine = _restyler(
         segmenter, inpainter, device, dtype=dtype, attention_slicing=attention_slicing, vae_tiling=vae_tiling
     )
-    result, _ = _run_style(engine, photo, params, garment, given, mparams if given is None else None)
+    if lora is not None:
+        if not lora.exists():
+            raise RestyleError(f"--lora: no such file or folder: {lora}", field="lora")
+        engine.inpainter.load_style("lora", str(lora))
+    style_kwargs = {"style": "lora", "style_scale": lora_scale} if lora is not None else {}
+    result, _ = _run_style(
+        engine, photo, params, garment, given, mparams if given is None else None, **style_kwargs
+    )
     sidecar = save_result(result, photo, output, stem)
     for item in sidecar["images"]:
         typer.echo(f"{output / item['file']}  seed={item['seed']}")
@@ -243,7 +255,13 @@ def style(
 
 
 def _run_style(
-    engine: Any, photo: Any, params: Any, garment: list[str] | None, given: Any, mparams: Any
+    engine: Any,
+    photo: Any,
+    params: Any,
+    garment: list[str] | None,
+    given: Any,
+    mparams: Any,
+    **run_kwargs: Any,
 ) -> tuple[Any, Any]:
     """Load models, then run with a progress bar over the denoising steps."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -265,7 +283,13 @@ def _run_style(
             bar.update(task, completed=done, total=total)
 
         return engine.style(
-            photo, params, garment=garment or None, mask=given, mask_params=mparams, progress=progress
+            photo,
+            params,
+            garment=garment or None,
+            mask=given,
+            mask_params=mparams,
+            progress=progress,
+            **run_kwargs,
         )
 
 
@@ -415,3 +439,4 @@ if __name__ == "__main__":  # `python -m restyle.cli`: run the registered app, n
 
 
 from restyle import cli_serve as _cli_serve  # noqa: E402,F401  registers serve, invoke, package, deploy
+from restyle import cli_train as _cli_train  # noqa: E402,F401  registers train, captions

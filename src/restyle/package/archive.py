@@ -37,7 +37,8 @@ CODE_DEPS = (
     "numpy",
     "scipy",
 )  # torch comes with the serving image (its CUDA build)
-SKIP_DIRS = {"logs", ".git", "__pycache__", ".cache", "code", "segmenter", "styles"}
+# training leftovers (logs, validation images, mask cache) and folders the archive fills itself
+SKIP_DIRS = {"logs", "validation", "masks", ".git", "__pycache__", ".cache", "code", "segmenter", "styles"}
 SKIP_FILES = {"optimizer.bin", "scheduler.bin", "random_states_0.pkl", "model.tar.gz"}
 
 
@@ -71,7 +72,11 @@ def _walk(root: Path, prefix: str = "") -> Iterator[tuple[Path, str]]:
     """(file, archive name) pairs under `root`, sorted, without checkpoints, logs and training state."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         rel = Path(dirpath).relative_to(root)
-        dirnames[:] = sorted(d for d in dirnames if not _is_checkpoint(d) and not d.startswith("."))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not _is_checkpoint(d) and not d.startswith(".") and not d.endswith(".partial")
+        )
         if rel == Path(".") and not prefix:
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
         for name in sorted(filenames):

@@ -1,0 +1,179 @@
+"""`restyle train dreambooth|lora` and `restyle captions`: fine-tuning from the command line.
+
+Run directly, or under accelerate for several GPUs/processes:
+    accelerate launch --num_processes 2 -m restyle train lora --base ... --instance-dir ...
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from restyle.cli import _quiet, app
+from restyle.errors import InvalidParameterError
+
+DEFAULT_LR = {"dreambooth": 2e-6, "lora": 1e-4}  # full fine-tuning needs a far smaller step than adapters
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise InvalidParameterError(
+            f"--validation-seeds: expected comma-separated integers, got {text!r}", field="validation_seeds"
+        ) from None
+
+
+@app.command(no_args_is_help=True)
+def train(
+    mode: Annotated[str, typer.Argument(help="dreambooth (full model) or lora (adapters).")],
+    base: Annotated[str, typer.Option(help="Base inpainting model: hub id or diffusers folder.")] = (
+        "stabilityai/stable-diffusion-2-inpainting"
+    ),
+    instance_dir: Annotated[
+        Path, typer.Option(help="Photos of the garment class (+ metadata.jsonl, masks/).")
+    ] = Path("instance"),
+    instance_prompt: Annotated[
+        str, typer.Option(help="Caption with a unique identifier, e.g. 'sks skirt'.")
+    ] = "",
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Checkpoints, logs and the result.")
+    ] = Path("trained"),
+    class_dir: Annotated[Path | None, typer.Option(help="Class images for prior preservation.")] = None,
+    class_prompt: Annotated[str, typer.Option(help="The class without the identifier.")] = "",
+    num_class_images: Annotated[int, typer.Option(help="Missing ones are generated from --base.")] = 200,
+    class_steps: Annotated[int, typer.Option(help="Denoising steps per generated class image.")] = 25,
+    prior_loss_weight: Annotated[float, typer.Option(help="Weight of the prior loss (0: off).")] = 1.0,
+    masks: Annotated[str, typer.Option(help="Mask sources and shares: random, segment, file.")] = "random",
+    garment: Annotated[str, typer.Option(help="What 'segment' masks cover, e.g. 'the skirt'.")] = "",
+    segmenter: Annotated[
+        str, typer.Option(help="Segmenter for 'segment' masks.")
+    ] = "CIDAS/clipseg-rd64-refined",
+    mask_dir: Annotated[Path | None, typer.Option(help="User masks (default INSTANCE_DIR/masks).")] = None,
+    fit: Annotated[str, typer.Option(help="crop (square around the garment) or pad (whole photo).")] = "crop",
+    resolution: Annotated[int, typer.Option(help="Training side in pixels (512 or 768).")] = 512,
+    train_batch_size: Annotated[int, typer.Option(help="Instance images per step and process.")] = 1,
+    gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Default 2e-6 (dreambooth), 1e-4 (lora).")
+    ] = None,
+    lr_scheduler: Annotated[str, typer.Option(help="constant, linear, cosine, ...")] = "constant",
+    lr_warmup_steps: Annotated[int, typer.Option(help="Warm-up steps.")] = 0,
+    max_train_steps: Annotated[int, typer.Option(help="Optimizer steps in total.")] = 800,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: off).")] = 1.0,
+    use_8bit_adam: Annotated[bool, typer.Option("--use-8bit-adam", help="bitsandbytes AdamW8bit.")] = False,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Less memory.")
+    ] = False,
+    mixed_precision: Annotated[
+        str | None, typer.Option(help="no, fp16, bf16 (default: accelerate's).")
+    ] = None,
+    train_text_encoder: Annotated[bool, typer.Option("--train-text-encoder", help="Train it too.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of data order, masks and noise.")] = 0,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 4,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default: the rank).")] = None,
+    lora_targets: Annotated[str, typer.Option(help="UNet modules for LoRA.")] = "to_q,to_k,to_v,to_out.0",
+    checkpointing_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 500,
+    checkpoints_total_limit: Annotated[int | None, typer.Option(help="Keep this many checkpoints.")] = 2,
+    resume_from_checkpoint: Annotated[str | None, typer.Option(help="'latest' or a checkpoint.")] = None,
+    keep_checkpoints: Annotated[
+        bool, typer.Option("--keep-checkpoints", help="Keep them at the end.")
+    ] = False,
+    validation_steps: Annotated[
+        int, typer.Option(help="Validation images every N steps (0: end only).")
+    ] = 100,
+    validation_prompt: Annotated[str, typer.Option(help="Default: the first image's caption.")] = "",
+    validation_image: Annotated[Path | None, typer.Option(help="Default: the first instance image.")] = None,
+    validation_mask: Annotated[Path | None, typer.Option(help="Default: its mask, else its centre.")] = None,
+    validation_inference_steps: Annotated[
+        int, typer.Option(help="Denoising steps of validation images.")
+    ] = 25,
+    validation_seeds: Annotated[str, typer.Option(help="Fixed seeds, comma-separated.")] = "0,1",
+    report_to: Annotated[list[str] | None, typer.Option(help="Extra tracker: tensorboard, wandb.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune the inpainting model on photos of one garment class (MODE: dreambooth or lora)."""
+    from restyle.train import TrainConfig, Trainer, parse_masks
+
+    config = TrainConfig(
+        mode=mode,
+        base=base,
+        instance_dir=instance_dir,
+        instance_prompt=instance_prompt,
+        output_dir=output_dir,
+        class_dir=class_dir,
+        class_prompt=class_prompt,
+        num_class_images=num_class_images,
+        class_steps=class_steps,
+        prior_loss_weight=prior_loss_weight,
+        masks=parse_masks(masks),
+        garment=garment,
+        segmenter=segmenter,
+        mask_dir=mask_dir,
+        fit=fit,
+        resolution=resolution,
+        train_batch_size=train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate if learning_rate is not None else DEFAULT_LR.get(mode, 2e-6),
+        lr_scheduler=lr_scheduler,
+        lr_warmup_steps=lr_warmup_steps,
+        max_train_steps=max_train_steps,
+        max_grad_norm=max_grad_norm,
+        use_8bit_adam=use_8bit_adam,
+        gradient_checkpointing=gradient_checkpointing,
+        mixed_precision=mixed_precision,
+        train_text_encoder=train_text_encoder,
+        seed=seed,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+        checkpointing_steps=checkpointing_steps,
+        checkpoints_total_limit=checkpoints_total_limit,
+        resume_from_checkpoint=resume_from_checkpoint,
+        keep_checkpoints=keep_checkpoints,
+        validation_steps=validation_steps,
+        validation_prompt=validation_prompt,
+        validation_image=validation_image,
+        validation_mask=validation_mask,
+        validation_inference_steps=validation_inference_steps,
+        validation_seeds=_seeds(validation_seeds),
+        report_to=tuple(report_to or ()),
+    )
+    config.check()
+    _quiet()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
+    result = Trainer(config, progress_bar=not quiet).run()
+    if result.stats.get("num_processes", 1) == 1 or _is_main():
+        typer.echo(
+            f"{mode}: {result.steps} steps (resumed at {result.resumed_from}), final loss "
+            f"{result.final_loss if result.final_loss is None else round(result.final_loss, 5)}, "
+            f"{result.seconds:.1f} s -> {result.output}"
+        )
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command(no_args_is_help=True)
+def captions(
+    instance_dir: Annotated[Path, typer.Argument(help="The training photos.")],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing metadata.jsonl.")
+    ] = False,
+) -> None:
+    """Write INSTANCE_DIR/metadata.jsonl: one row per photo with fashion attributes to fill in.
+
+    Rows with attributes get captions "<instance prompt>, <style>, <colour>, ..."; a row's "text"
+    replaces the caption entirely.
+    """
+    from restyle.train.data import write_caption_template
+
+    out = write_caption_template(instance_dir, overwrite=overwrite)
+    typer.echo(f"wrote {out}: fill in style, length, fit, color, pattern, fabric (see `restyle vocab`)")

@@ -1,0 +1,124 @@
+"""The base model's parts, what each mode trains, and how each mode writes its output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from restyle.errors import InvalidParameterError, ModelLoadError
+from restyle.inpaint.pipeline import Inpainter
+from restyle.models.hub import load_pretrained
+from restyle.train.config import TrainConfig
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+
+
+@dataclass
+class Parts:
+    """A loaded inpainting pipeline and the training-only noise scheduler."""
+
+    pipe: Any  # StableDiffusionInpaintPipeline; its unet/text_encoder are the modules being trained
+    noise_scheduler: Any  # DDPMScheduler with the base model's noise schedule
+
+    @property
+    def unet(self) -> Any:
+        return self.pipe.unet
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.pipe.text_encoder
+
+    @property
+    def vae(self) -> Any:
+        return self.pipe.vae
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipe.tokenizer
+
+
+def load_parts(base: str, device: Any) -> Parts:
+    """Load the base inpainting model (hub id or folder) in fp32 onto `device`."""
+    from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
+
+    pipe = load_pretrained(
+        StableDiffusionInpaintPipeline, base, "inpainter", safety_checker=None, requires_safety_checker=False
+    )
+    Inpainter(pipe, base)  # refuses a non-inpainting (4-channel) UNet with a clear message
+    pipe = pipe.to(device)
+    return Parts(pipe=pipe, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config))
+
+
+def set_trainable(parts: Parts, config: TrainConfig) -> list[Any]:
+    """Freeze what this mode does not train, add LoRA adapters if asked; returns the trained params."""
+    import torch
+
+    parts.vae.requires_grad_(False)
+    if config.mode == "dreambooth":
+        parts.unet.requires_grad_(True)
+        parts.text_encoder.requires_grad_(config.train_text_encoder)
+    else:
+        from peft import LoraConfig
+
+        parts.unet.requires_grad_(False)
+        parts.text_encoder.requires_grad_(False)
+        torch.manual_seed(config.seed)  # the adapters' A matrices start the same in every process and run
+        _add_lora(parts.unet, config.lora_rank, config.lora_alpha, config.lora_targets, LoraConfig)
+        if config.train_text_encoder:
+            _add_lora(
+                parts.text_encoder, config.lora_rank, config.lora_alpha, config.text_lora_targets, LoraConfig
+            )
+    if config.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if config.train_text_encoder:
+            parts.text_encoder.gradient_checkpointing_enable()
+    models = [parts.unet, parts.text_encoder] if config.train_text_encoder else [parts.unet]
+    return [p for m in models for p in m.parameters() if p.requires_grad]
+
+
+def _add_lora(model: Any, rank: int, alpha: float | None, targets: tuple[str, ...], lora_config: Any) -> None:
+    names = [name for name, _ in model.named_modules()]
+    absent = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]  # peft's rule
+    if absent:
+        raise InvalidParameterError(
+            f"lora_targets: {', '.join(absent)} match no module of {type(model).__name__}",
+            field="lora_targets",
+        )
+    model.add_adapter(
+        lora_config(
+            r=rank,
+            lora_alpha=alpha if alpha is not None else rank,
+            init_lora_weights="gaussian",
+            target_modules=list(targets),
+        )
+    )
+
+
+def save_lora(parts: Parts, config: TrainConfig, folder: Path) -> Path:
+    """Write the trained adapters as diffusers' pytorch_lora_weights.safetensors (+ alpha/rank metadata)."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers.training_utils import _collate_lora_metadata
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    modules = {"unet": parts.unet}
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet))}
+    if config.train_text_encoder:
+        modules["text_encoder"] = parts.text_encoder
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
+            get_peft_model_state_dict(parts.text_encoder)
+        )
+    StableDiffusionInpaintPipeline.save_lora_weights(folder, **layers, **_collate_lora_metadata(modules))
+    return folder / LORA_FILE
+
+
+def save_pipeline(parts: Parts, folder: Path) -> Path:
+    """Write the whole fine-tuned model in diffusers layout (fp32, as the base model ships)."""
+    import torch
+
+    pipe = parts.pipe.to(torch.float32)
+    pipe.save_pretrained(folder)
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(f"saving the model to {folder} wrote no model_index.json")
+    return folder
