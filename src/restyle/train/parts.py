@@ -117,7 +117,11 @@ def save_pipeline(parts: Parts, folder: Path) -> Path:
     """Write the whole fine-tuned model in diffusers layout (fp32, as the base model ships)."""
     import torch
 
-    pipe = parts.pipe.to(torch.float32)
+    pipe = parts.pipe
+    if any(
+        p.dtype != torch.float32 for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()
+    ):
+        pipe = pipe.to(torch.float32)
     pipe.save_pretrained(folder)
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"saving the model to {folder} wrote no model_index.json")

@@ -154,18 +154,8 @@ class Trainer:
         c, acc, parts = self.config, self.acc, self.parts
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         self.weight_dtype = weight_dtype
-        parts.vae.to(dtype=weight_dtype)  # frozen parts run in the mixed-precision dtype
-        if not c.train_text_encoder or c.mode == "lora":
-            parts.text_encoder.to(dtype=weight_dtype)
-        if c.mode == "lora":
-            parts.unet.to(dtype=weight_dtype)
-            from diffusers.training_utils import cast_training_params
-
-            cast_training_params(
-                parts.unet
-            )  # adapters train in fp32 even when the base runs in half precision
-            if c.train_text_encoder:
-                cast_training_params(parts.text_encoder)
+        if weight_dtype != torch.float32:  # frozen parts run in the mixed-precision dtype
+            _half_precision(parts, c, weight_dtype)
         optimizer = optimizer_class(c)(params, lr=c.learning_rate, weight_decay=c.adam_weight_decay)
         scheduler = get_scheduler(
             c.lr_scheduler,
@@ -376,3 +366,17 @@ class Trainer:
         if not c.keep_checkpoints:
             ckpt.remove_checkpoints(self.out)
         log.info("wrote %s", result.output)
+
+
+def _half_precision(parts: Parts, c: TrainConfig, dtype: Any) -> None:
+    """Cast what is frozen to `dtype`; trained weights (full model or adapters) stay fp32."""
+    from diffusers.training_utils import cast_training_params
+
+    parts.vae.to(dtype=dtype)
+    if not c.train_text_encoder or c.mode == "lora":
+        parts.text_encoder.to(dtype=dtype)
+    if c.mode == "lora":
+        parts.unet.to(dtype=dtype)
+        cast_training_params(parts.unet)
+        if c.train_text_encoder:
+            cast_training_params(parts.text_encoder)
