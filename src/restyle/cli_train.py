@@ -6,14 +6,15 @@ Run directly, or under accelerate for several GPUs/processes:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from restyle.cli import _quiet, app
-from restyle.errors import InvalidParameterError
+from restyle.errors import InvalidParameterError, RestyleError
 
 DEFAULT_LR = {"dreambooth": 2e-6, "lora": 1e-4}  # full fine-tuning needs a far smaller step than adapters
 
@@ -96,61 +97,53 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune the inpainting model on photos of one garment class (MODE: dreambooth or lora)."""
-    from restyle.train import TrainConfig, Trainer, parse_masks
+    try:
+        _train(dict(locals()))
+    except RestyleError as err:
+        raise _as_flag(err) from err
 
-    config = TrainConfig(
-        mode=mode,
-        base=base,
-        instance_dir=instance_dir,
-        instance_prompt=instance_prompt,
-        output_dir=output_dir,
-        class_dir=class_dir,
-        class_prompt=class_prompt,
-        num_class_images=num_class_images,
-        class_steps=class_steps,
-        prior_loss_weight=prior_loss_weight,
-        masks=parse_masks(masks),
-        garment=garment,
-        segmenter=segmenter,
-        mask_dir=mask_dir,
-        fit=fit,
-        resolution=resolution,
-        train_batch_size=train_batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate if learning_rate is not None else DEFAULT_LR.get(mode, 2e-6),
-        lr_scheduler=lr_scheduler,
-        lr_warmup_steps=lr_warmup_steps,
-        max_train_steps=max_train_steps,
-        max_grad_norm=max_grad_norm,
-        use_8bit_adam=use_8bit_adam,
-        gradient_checkpointing=gradient_checkpointing,
-        mixed_precision=mixed_precision,
-        train_text_encoder=train_text_encoder,
-        seed=seed,
-        lora_rank=lora_rank,
-        lora_alpha=lora_alpha,
-        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
-        checkpointing_steps=checkpointing_steps,
-        checkpoints_total_limit=checkpoints_total_limit,
-        resume_from_checkpoint=resume_from_checkpoint,
-        keep_checkpoints=keep_checkpoints,
-        validation_steps=validation_steps,
-        validation_prompt=validation_prompt,
-        validation_image=validation_image,
-        validation_mask=validation_mask,
-        validation_inference_steps=validation_inference_steps,
-        validation_seeds=_seeds(validation_seeds),
-        report_to=tuple(report_to or ()),
+
+def _as_flag(err: RestyleError) -> RestyleError:
+    """Say `--instance-prompt:` where the config says `instance_prompt:` (the user typed flags)."""
+    field = err.field or ""
+    if field and err.message.startswith(f"{field}:"):
+        flag = "MODE" if field == "mode" else "--" + field.replace("_", "-")
+        err.message = flag + err.message[len(field) :]
+        err.args = (err.message,)
+    return err
+
+
+def _config(opts: dict[str, Any]) -> Any:
+    """A TrainConfig from the command's options (same names), with the flags' text parsed."""
+    from restyle.train import TrainConfig, parse_masks
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    kwargs = {k: v for k, v in opts.items() if k in names}
+    lr = opts["learning_rate"]
+    kwargs.update(
+        masks=parse_masks(opts["masks"]),
+        validation_seeds=_seeds(opts["validation_seeds"]),
+        lora_targets=tuple(t.strip() for t in opts["lora_targets"].split(",") if t.strip()),
+        learning_rate=lr if lr is not None else DEFAULT_LR.get(opts["mode"], 2e-6),
+        report_to=tuple(opts["report_to"] or ()),
     )
+    config = TrainConfig(**kwargs)
     config.check()
+    return config
+
+
+def _train(opts: dict[str, Any]) -> None:
+    from restyle.train import Trainer
+
+    config = _config(opts)
     _quiet()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
-    result = Trainer(config, progress_bar=not quiet).run()
+    result = Trainer(config, progress_bar=not opts["quiet"]).run()
     if result.stats.get("num_processes", 1) == 1 or _is_main():
+        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.5f}"
         typer.echo(
-            f"{mode}: {result.steps} steps (resumed at {result.resumed_from}), final loss "
-            f"{result.final_loss if result.final_loss is None else round(result.final_loss, 5)}, "
+            f"{config.mode}: {result.steps} steps (resumed at {result.resumed_from}), final loss {loss}, "
             f"{result.seconds:.1f} s -> {result.output}"
         )
 
@@ -177,3 +170,39 @@ def captions(
 
     out = write_caption_template(instance_dir, overwrite=overwrite)
     typer.echo(f"wrote {out}: fill in style, length, fit, color, pattern, fabric (see `restyle vocab`)")
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; figures go to docs/PERFORMANCE.md.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("train")
+def bench_train(
+    base: Annotated[
+        str | None, typer.Option(help="Base inpainting model (default: tiny, built here).")
+    ] = None,
+    resolution: Annotated[int | None, typer.Option(help="Training side (default 512, tiny: 64).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per configuration.")] = 20,
+    write: Annotated[Path | None, typer.Option(help="Update this markdown file's training section.")] = None,
+) -> None:
+    """Time both training modes, with and without the text encoder (reference configuration)."""
+    import tempfile
+
+    from restyle.bench import bench_train as run
+    from restyle.bench import train_table, write_section
+    from restyle.models.tiny import TINY_IMAGE_SIZE, build_tiny_inpainter
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if base is None:
+            base = str(build_tiny_inpainter(Path(tmp) / "inpainter"))
+            resolution = resolution or TINY_IMAGE_SIZE
+            label = "tiny random inpainter (restyle models tiny)"
+        else:
+            label = base
+        figures, env = run(base, resolution or 512, steps)
+        env["base"] = label
+    table = train_table(figures, env)
+    typer.echo(table)
+    if write is not None:
+        write_section(write, table)
+        typer.echo(f"updated {write}")

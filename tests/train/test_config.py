@@ -109,11 +109,6 @@ def test_first_bad_field_is_reported() -> None:
     assert err.value.field == "mode"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check() accepts a negative seed; TrainSet/np.random then fail with a bare ValueError "
-    "after the model is loaded",
-)
 def test_negative_seed_is_refused() -> None:
     with pytest.raises(InvalidParameterError) as err:
         config(seed=-1).check()
@@ -185,7 +180,9 @@ def test_with_prior(kw: dict, expected: bool) -> None:
 
 
 def test_to_log_is_flat_and_json_ready() -> None:
-    c = config(class_dir=Path("class"), masks=(("segment", 0.7),), garment="the skirt", train_text_encoder=True)
+    c = config(
+        class_dir=Path("class"), masks=(("segment", 0.7),), garment="the skirt", train_text_encoder=True
+    )
     out = c.to_log()
     assert set(out) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert all(isinstance(v, (int, float, bool, str)) for v in out.values())

@@ -170,7 +170,10 @@ def test_scan_class_images(tmp_path: Path) -> None:
     save(tmp_path / "masks" / "look-1.png")
     (tmp_path / METADATA).write_text("not json, and ignored for class images\n")
     examples = scan_class_images(tmp_path, "a skirt", min_side=32)
-    assert [(e.path.name, e.caption) for e in examples] == [("look-0.png", "a skirt"), ("look-1.png", "a skirt")]
+    assert [(e.path.name, e.caption) for e in examples] == [
+        ("look-0.png", "a skirt"),
+        ("look-1.png", "a skirt"),
+    ]
     assert [e.mask_path for e in examples] == [None, tmp_path / "masks" / "look-1.png"]
 
 
@@ -238,10 +241,6 @@ def test_read_captions_bad_rows_name_the_line(tmp_path: Path, row: object, where
     assert where in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a non-hashable file_name (list/object) raises a bare TypeError instead of the metadata error",
-)
 def test_read_captions_unhashable_file_name(tmp_path: Path) -> None:
     files = photos(tmp_path, 1)
     write_meta(tmp_path, {"file_name": ["look-0.png"], "text": "x"})
@@ -316,10 +315,6 @@ def test_write_caption_template_needs_images(tmp_path: Path) -> None:
     assert not (tmp_path / METADATA).exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a missing folder raises a bare FileNotFoundError (traceback in `restyle captions`)",
-)
 def test_write_caption_template_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(RestyleError) as err:
         write_caption_template(tmp_path / "nope")

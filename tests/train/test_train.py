@@ -65,7 +65,7 @@ def test_dreambooth_with_prior_and_text_encoder(train_config, tiny_models, tmp_p
     assert len(generated) == 3
     assert read_metadata(generated[0])["prompt"] == "a model in a skirt"
     # a diffusers folder at the output root, with no intermediate checkpoints left
-    assert LAYOUT <= {p.name for p in out.iterdir()}
+    assert {p.name for p in out.iterdir()} >= LAYOUT
     assert not list(out.glob("checkpoint-*")) and not list(out.glob("*.partial"))
     assert result.steps == 4 and len(_losses(out)) == 4
     assert (out / "validation" / "step-000002-seed0.png").is_file()
@@ -174,7 +174,9 @@ def test_resume_after_a_crash_matches_uninterrupted(train_config, tmp_path, monk
     full = train_config(mode="dreambooth", max_train_steps=6, output_dir=tmp_path / "full")
     train(full)
     AcceleratorState._reset_state(True)
-    crashing = train_config(mode="dreambooth", max_train_steps=6, checkpointing_steps=3, output_dir=tmp_path / "split")
+    crashing = train_config(
+        mode="dreambooth", max_train_steps=6, checkpointing_steps=3, output_dir=tmp_path / "split"
+    )
     real_step = Trainer._micro_step
 
     def crash_at_5(self, batch, step, micro):

@@ -49,7 +49,7 @@ def class_examples(c: TrainConfig, acc: Any, parts: Parts, progress_bar: bool) -
 
 def shared_segment_masks(c: TrainConfig, acc: Any, examples: list[Example], root: Path) -> dict[Path, Path]:
     """Segmenter masks made once by the main process, cached under `root`, read by all."""
-    from restyle.train.masks import segment_masks
+    from restyle.train.masks import cache_name, segment_masks
 
     if "segment" not in dict(c.masks):
         return {}
@@ -65,11 +65,8 @@ def shared_segment_masks(c: TrainConfig, acc: Any, examples: list[Example], root
         )
     acc.wait_for_everyone()
     if not acc.is_main_process:  # the others read what the main process cached
-        found = {
-            ex.path: cache / f"{ex.path.stem}.png"
-            for ex in examples
-            if (cache / f"{ex.path.stem}.png").is_file()
-        }
+        paths = {ex.path: cache / cache_name(ex.path) for ex in examples}
+        found = {path: mask for path, mask in paths.items() if mask.is_file()}
     return found
 
 

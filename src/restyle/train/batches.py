@@ -49,11 +49,10 @@ def fit_items(
         }
         # crop around the garment the user marked, else the one the segmenter found
         anchor = raw.get("file") or raw.get("segment")
-        fitted, anchor_fit = fit_square(image, anchor, size, fit)
+        fitted, _ = fit_square(image, None, size, fit, anchor=anchor)
         masks = {}
-        for name, m in raw.items():
-            mfit = anchor_fit if m is anchor else fit_square(image, m, size, fit)[1]
-            binary = np.asarray(mfit) > 127
+        for name, m in raw.items():  # every mask gets the photo's own crop
+            binary = np.asarray(fit_square(image, m, size, fit, anchor=anchor)[1]) > 127
             if binary.any():
                 masks[name] = binary
         items.append(Item(np.asarray(fitted, dtype=np.uint8), ex.caption, masks))

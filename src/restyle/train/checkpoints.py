@@ -93,8 +93,12 @@ def finish_checkpoint(output_dir: Path, step: int, state: dict[str, Any], keep: 
     if final.exists():  # the same step saved again after a resume: the new one wins
         shutil.rmtree(final)
     os.replace(partial, final)
-    if keep is not None:
-        for _, old in complete_checkpoints(output_dir)[:-keep]:
+    if keep is not None:  # the one just written always stays; of the others, the most recent
+        others = sorted(
+            (path for _, path in complete_checkpoints(output_dir) if path != final),
+            key=lambda p: (p / STATE_FILE).stat().st_mtime,
+        )
+        for old in others[: max(0, len(others) - (keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

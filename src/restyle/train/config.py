@@ -125,6 +125,7 @@ class TrainConfig:
             ("validation_steps", 0, 10_000_000),
             ("validation_inference_steps", 1, 150),
             ("lora_rank", 1, 1024),
+            ("seed", 0, 2**32 - 1),
         ):
             _in_range(name, getattr(self, name), lo, hi)
         if not (0 < self.learning_rate <= 1) or not math.isfinite(self.learning_rate):

@@ -133,7 +133,7 @@ def read_captions(folder: Path, files: list[Path], prompt: str) -> dict[str, str
         except json.JSONDecodeError as err:
             raise InvalidParameterError(f"metadata: {where}: not JSON ({err.msg})", field="metadata") from err
         name = row.get("file_name") if isinstance(row, dict) else None
-        if name not in captions:
+        if not isinstance(name, str) or name not in captions:
             raise InvalidParameterError(
                 f"metadata: {where}: file_name {name!r} is not an image in {folder}", field="metadata"
             )
@@ -169,6 +169,8 @@ def caption_for(row: dict, prompt: str, where: str = "metadata") -> str:
 def write_caption_template(folder: Path, *, overwrite: bool = False) -> Path:
     """Write metadata.jsonl with one row per image: the prompt and empty vocabulary attributes to fill."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidParameterError(f"instance_dir: no such folder: {folder}", field="instance_dir")
     out = folder / METADATA
     if out.exists() and not overwrite:
         raise RestyleError(f"{out} exists; pass --overwrite to replace it")
@@ -187,13 +189,19 @@ def load_example_image(path: Path) -> Image.Image:
 
 
 def fit_square(
-    image: Image.Image, mask: Image.Image | None, size: int, mode: str = "crop"
+    image: Image.Image,
+    mask: Image.Image | None,
+    size: int,
+    mode: str = "crop",
+    anchor: Image.Image | None = None,
 ) -> tuple[Image.Image, Image.Image | None]:
     """Fit a photo (and its mask) to size x size without squashing it.
 
-    crop: scale the shorter side to `size` and cut a square centred on the mask's garment (or the
-    middle); pad: scale the longer side to `size` and pad with neutral grey (mask 0 on the border).
+    crop: scale the shorter side to `size` and cut a square centred on the garment of `anchor`
+    (default: `mask`; neither: the middle); pad: scale the longer side to `size` and pad with
+    neutral grey (mask 0 on the border). Masks fitted with the same anchor share one crop.
     """
+    anchor = mask if anchor is None else anchor
     w, h = image.size
     if mode == "pad":
         scale = size / max(w, h)
@@ -208,7 +216,7 @@ def fit_square(
         return canvas, mcanvas
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    cx, cy = _centre(mask, scale) if mask is not None else (nw / 2, nh / 2)
+    cx, cy = _centre(anchor, scale) if anchor is not None else (nw / 2, nh / 2)
     left = int(np.clip(round(cx - size / 2), 0, nw - size))
     top = int(np.clip(round(cy - size / 2), 0, nh - size))
     box = (left, top, left + size, top + size)

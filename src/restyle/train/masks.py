@@ -52,6 +52,14 @@ def choose_source(mix: Sequence[tuple[str, float]], available: set[str], rng: np
     return names[int(rng.choice(len(names), p=shares / shares.sum()))]
 
 
+def cache_name(path: Path) -> str:
+    """A mask cache file name unique to the photo's full path (a.png and a.jpg, or two folders)."""
+    import hashlib
+
+    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    return f"{Path(path).stem}-{digest}.png"
+
+
 def segment_masks(
     examples: Sequence[Example],
     segment: Callable[[Image.Image], Image.Image],
@@ -63,7 +71,7 @@ def segment_masks(
     Args:
         examples: images to mask.
         segment: photo -> L mask (255 = garment); raises NoGarmentFoundError when it finds nothing.
-        cache: folder for <stem>.png; existing files are reused.
+        cache: folder for the masks (see cache_name); existing files are reused.
         load: reads an example's photo.
 
     Returns:
@@ -73,7 +81,7 @@ def segment_masks(
     found: dict[Path, Path] = {}
     missing = []
     for ex in examples:
-        out = cache / f"{ex.path.stem}.png"
+        out = cache / cache_name(ex.path)
         if not out.is_file():
             try:
                 save_png(segment(load(ex.path)), out)
