@@ -126,7 +126,8 @@ def environment(base: str, resolution: int) -> dict[str, str]:
         "base": base,
         "resolution": str(resolution),
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
-        f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, python {platform.python_version()}",
+        f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, "
+        f"python {platform.python_version()}",
     }
 
 
@@ -142,7 +143,8 @@ def train_table(figures: list[TrainFigure], env: dict[str, str]) -> str:
         encoder = "trained" if f.text_encoder else "frozen"
         optimizer = "AdamW 8-bit" if f.eight_bit else "AdamW"
         rows.append(
-            f"| {f.mode} | {encoder} | {optimizer} | {f.s_per_step:.3f} | {f.peak_mb:,.0f} MB ({f.memory_kind}) |"
+            f"| {f.mode} | {encoder} | {optimizer} | {f.s_per_step:.3f} "
+            f"| {f.peak_mb:,.0f} MB ({f.memory_kind}) |"
         )
     return "\n".join(rows)
 
