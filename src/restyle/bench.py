@@ -127,8 +127,16 @@ def environment(base: str, resolution: int) -> dict[str, str]:
         "resolution": str(resolution),
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, "
-        f"python {platform.python_version()}",
+        f"python {platform.python_version()}" + _bnb_version(),
     }
+
+
+def _bnb_version() -> str:
+    try:
+        import bitsandbytes
+    except ImportError:
+        return ""
+    return f", bitsandbytes {bitsandbytes.__version__}"
 
 
 def train_table(figures: list[TrainFigure], env: dict[str, str]) -> str:

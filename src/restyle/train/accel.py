@@ -99,6 +99,8 @@ def cpu_only_multiprocess() -> bool:
 
 def save_trainable_only(models: list[Any], weights: list[dict], output_dir: str) -> None:
     """LoRA checkpoints hold the adapters, not another copy of the frozen base model."""
+    if len(weights) != len(models):  # DeepSpeed/FSDP save their own (sharded) states: leave them be
+        return
     for i, model in enumerate(models):
         keep = {name for name, p in model.named_parameters() if p.requires_grad}
         weights[i] = {k: v for k, v in weights[i].items() if k in keep}
