@@ -77,6 +77,9 @@ def train(
     lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 4,
     lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default: the rank).")] = None,
     lora_targets: Annotated[str, typer.Option(help="UNet modules for LoRA.")] = "to_q,to_k,to_v,to_out.0",
+    text_lora_targets: Annotated[
+        str, typer.Option(help="Text-encoder modules for LoRA (with --train-text-encoder).")
+    ] = "q_proj,k_proj,v_proj,out_proj",
     checkpointing_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (0: never).")] = 500,
     checkpoints_total_limit: Annotated[int | None, typer.Option(help="Keep this many checkpoints.")] = 2,
     resume_from_checkpoint: Annotated[str | None, typer.Option(help="'latest' or a checkpoint.")] = None,
@@ -113,6 +116,10 @@ def _as_flag(err: RestyleError) -> RestyleError:
     return err
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def _config(opts: dict[str, Any]) -> Any:
     """A TrainConfig from the command's options (same names), with the flags' text parsed."""
     from restyle.train import TrainConfig, parse_masks
@@ -123,7 +130,8 @@ def _config(opts: dict[str, Any]) -> Any:
     kwargs.update(
         masks=parse_masks(opts["masks"]),
         validation_seeds=_seeds(opts["validation_seeds"]),
-        lora_targets=tuple(t.strip() for t in opts["lora_targets"].split(",") if t.strip()),
+        lora_targets=_names(opts["lora_targets"]),
+        text_lora_targets=_names(opts["text_lora_targets"]),
         learning_rate=lr if lr is not None else DEFAULT_LR.get(opts["mode"], 2e-6),
         report_to=tuple(opts["report_to"] or ()),
     )

@@ -110,6 +110,10 @@ def test_style_names_a_missing_lora(tiny_models, tmp_path):
         (["train", "lora", "--instance-prompt", "x", "--class-dir", "c"], "--class-prompt: required"),
         (["train", "lora", "--instance-prompt", "x", "--validation-seeds", "1,a"], "--validation-seeds:"),
         (["train", "lora", "--instance-prompt", "x", "--learning-rate", "0"], "--learning-rate: 0.0"),
+        (
+            ["train", "lora", "--instance-prompt", "x", "--report-to", "nonsense"],
+            "--report-to: unknown tracker",
+        ),
     ],
 )
 def test_bad_flags_are_named_without_a_traceback(args, message, tmp_path):

@@ -143,6 +143,8 @@ class TrainConfig:
                 "checkpoints_total_limit: must be at least 1", field="checkpoints_total_limit"
             )
         self._check_masks()
+        if self.report_to:
+            check_trackers(self.report_to)
 
     def _check_masks(self) -> None:
         if not self.masks:
@@ -193,3 +195,21 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
 def _in_range(name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise InvalidParameterError(f"{name}: {value} is out of range [{lo}, {hi}]", field=name)
+
+
+def check_trackers(names: tuple[str, ...]) -> None:
+    """Refuse an unknown or uninstalled `--report-to` before training (accelerate would skip it quietly)."""
+    from accelerate.tracking import LoggerType, _available_trackers
+
+    known = [t for t in LoggerType.list() if t != "all"]
+    installed = {str(t.value) for t in _available_trackers}
+    for name in names:
+        if name not in known:
+            raise InvalidParameterError(
+                f"report_to: unknown tracker {name!r}; choose from {', '.join(known)}", field="report_to"
+            )
+        if name not in installed:
+            raise InvalidParameterError(
+                f"report_to: {name} is not installed (pip install {name}); the JSON log is always written",
+                field="report_to",
+            )
