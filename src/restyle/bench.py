@@ -58,6 +58,13 @@ def _eight_bit_available() -> bool:
     return True
 
 
+def _precision() -> str:
+    """fp16 on a GPU, as the reference run; full precision on CPU (fp16 is refused there)."""
+    import torch
+
+    return "fp16" if torch.cuda.is_available() else "no"
+
+
 def run_train_config(
     base: str, work: Path, mode: str, text_encoder: bool, resolution: int, steps: int, eight_bit: bool
 ) -> TrainFigure:
@@ -78,6 +85,7 @@ def run_train_config(
     args += ["--resolution", str(resolution), "--train-batch-size", "1", "--gradient-checkpointing"]
     args += ["--max-train-steps", str(steps), "--checkpointing-steps", "0", "--validation-steps", "0"]
     args += ["--validation-inference-steps", "1", "--masks", "file"]
+    args += ["--mixed-precision", _precision()]  # pinned: the user's accelerate config must not decide
     args += ["--train-text-encoder"] if text_encoder else []
     args += ["--use-8bit-adam"] if eight_bit else []
     done = subprocess.run(args, capture_output=True, text=True)
@@ -142,7 +150,7 @@ def _bnb_version() -> str:
 def train_table(figures: list[TrainFigure], env: dict[str, str]) -> str:
     rows = [
         f"Device: {env['device']}. Base: `{env['base']}` at {env['resolution']} px, batch 1, gradient "
-        f"checkpointing, {figures[0].steps} steps. {env['versions']}.",
+        f"checkpointing, mixed precision {_precision()}, {figures[0].steps} steps. {env['versions']}.",
         "",
         "| mode | text encoder | optimizer | s / step (median) | peak memory |",
         "|---|---|---|---|---|",

@@ -197,3 +197,25 @@ def test_to_log_is_flat_and_json_ready() -> None:
 def test_errors_are_restyle_errors() -> None:
     with pytest.raises(RestyleError):
         config(mode="x").check()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"lora_alpha": 0.0}, "lora_alpha"),
+        ({"lora_alpha": -4.0}, "lora_alpha"),
+        ({"validation_seeds": tuple(range(9))}, "validation_seeds"),
+        ({"validation_seeds": ()}, "validation_seeds"),
+        ({"validation_seeds": (-1,)}, "validation_seeds"),
+        ({"validation_prompt": "x" * 1001}, "validation_prompt"),
+    ],
+)
+def test_check_refuses_bad_lora_alpha_and_validation(change, field) -> None:
+    with pytest.raises(InvalidParameterError) as err:
+        TrainConfig(instance_prompt="x", **change).check()
+    assert err.value.field == field
+
+
+def test_str_paths_become_paths() -> None:
+    c = TrainConfig(instance_prompt="x", instance_dir="a", class_dir="b", output_dir="o", mask_dir="m")
+    assert all(isinstance(v, Path) for v in (c.instance_dir, c.class_dir, c.output_dir, c.mask_dir))

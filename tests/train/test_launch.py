@@ -133,7 +133,7 @@ def test_two_processes_under_accelerate_with_kill_and_resume(tiny_models, instan
         "restyle",
     ]
     extra = ("--checkpointing-steps", "2", "--train-text-encoder", "--class-dir", str(tmp_path / "class"))
-    extra += ("--class-prompt", "a model in a skirt", "--num-class-images", "2", "--class-steps", "2")
+    extra += ("--class-prompt", "a model in a skirt", "--num-class-images", "3", "--class-steps", "2")
     whole = _run([*launch, *_args("lora", base, instance_dir, tmp_path / "whole", 6, *extra)])
     assert "on 2 process(es)" in whole.stderr
     proc = subprocess.Popen(
@@ -168,7 +168,9 @@ def test_two_processes_under_accelerate_with_kill_and_resume(tiny_models, instan
     b = load_file(tmp_path / "killed" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0
-    # the two processes generated the class images between them, once each
-    assert len(list((tmp_path / "class").glob("generated-*.png"))) == 2
+    # the two processes generated the class images between them: all of them, each once
+    assert sorted(p.name for p in (tmp_path / "class").glob("generated-*.png")) == [
+        f"generated-{i:05d}.png" for i in range(3)
+    ]
     inpainter = Inpainter.from_pretrained(str(base), device="cpu")
     inpainter.load_style("two", str(tmp_path / "whole" / "pytorch_lora_weights.safetensors"))

@@ -199,7 +199,17 @@ def test_resume_after_a_crash_matches_uninterrupted(train_config, tmp_path, monk
     assert steps == [1, 2, 3, 4, 4, 5, 6]  # the crashed run logged step 4 before dying; the resume redid it
 
 
-def test_resume_refuses_a_different_run(train_config, tmp_path):
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"lora_rank": 8}, "lora_rank"),
+        ({"lora_alpha": 2.0}, "lora_alpha"),
+        ({"learning_rate": 1e-5}, "learning_rate"),
+        ({"use_8bit_adam": True}, "use_8bit_adam"),
+        ({"seed": 5}, "seed"),
+    ],
+)
+def test_resume_refuses_a_different_run(train_config, change, key):
     import dataclasses
 
     first = train_config(max_train_steps=2, checkpointing_steps=1, keep_checkpoints=True)
@@ -207,27 +217,87 @@ def test_resume_refuses_a_different_run(train_config, tmp_path):
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
-    other = dataclasses.replace(first, lora_rank=8, max_train_steps=4, resume_from_checkpoint="latest")
+    other = dataclasses.replace(first, max_train_steps=4, resume_from_checkpoint="latest", **change)
     with pytest.raises(InvalidParameterError) as err:
         train(other)
-    assert err.value.field == "resume_from_checkpoint" and "lora_rank" in str(err.value)
+    assert err.value.field == "resume_from_checkpoint" and key in str(err.value)
 
 
-def test_bf16_and_gradient_checkpointing_on_cpu(train_config, tiny_models):
+def test_a_base_saved_in_fp16_trains_in_fp32(train_config, tiny_models, tmp_path):
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    half = tmp_path / "half"
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(tiny_models["inpainter"]), safety_checker=None)
+    pipe.to(torch.float16).save_pretrained(half)
+    result = train(train_config(base=str(half), train_text_encoder=True, max_train_steps=2))
+    assert result.steps == 2 and np.isfinite(result.final_loss)
+
+
+def test_prior_preservation_without_class_images_is_refused(train_config, tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = train_config(class_dir=tmp_path / "empty", class_prompt="a skirt", num_class_images=0)
+    with pytest.raises(InvalidParameterError) as err:
+        train(config)
+    assert err.value.field == "class_dir" and "--num-class-images" in str(err.value)
+
+
+def test_a_failed_final_validation_keeps_the_model(train_config, monkeypatch):
+    from restyle.errors import RestyleError
+    from restyle.train.validation import Validator
+
+    def broken(self, parts, tag, autocast=None):
+        raise RestyleError("validation broke")
+
+    monkeypatch.setattr(Validator, "run", broken)
+    config = train_config(mode="dreambooth", max_train_steps=2)
+    train(config)
+    assert (config.output_dir / "model_index.json").is_file()
+
+
+def test_mask_files_are_checked_before_any_model_loads(train_config, instance_dir, tmp_path):
+    from PIL import Image as PILImage
+
+    PILImage.new("L", (50, 50), 255).save(instance_dir / "masks" / "look-1.png")  # a square: another shape
+    (instance_dir / "masks" / "look-2.png").write_bytes(b"not a png")
+    config = train_config(base=str(tmp_path / "no-such-model"))
+    with pytest.raises(InvalidImageError) as err:
+        train(config)
+    assert err.value.field == "mask_dir"
+    assert "look-1.png" in str(err.value) and "look-2.png" in str(err.value)
+
+
+def test_bf16_and_gradient_checkpointing_on_cpu(train_config, tiny_models, tmp_path):
+    import shutil
+
+    base = tmp_path / "base"  # the tiny base with another sampler than the one validation switches to
+    shutil.copytree(tiny_models["inpainter"], base)
+    sched = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+    sched["_class_name"] = "PNDMScheduler"
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
+    index = json.loads((base / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "PNDMScheduler"]
+    (base / "model_index.json").write_text(json.dumps(index))
     config = train_config(
+        base=str(base),
         mode="dreambooth",
         mixed_precision="bf16",
         gradient_checkpointing=True,
-        train_text_encoder=True,
         max_train_steps=2,
+        validation_steps=1,
     )
     train(config)
-    import json as _json
-
-    unet = _json.loads((config.output_dir / "unet" / "config.json").read_text())
-    assert unet["in_channels"] == 9
-    weights = load_file(config.output_dir / "unet" / "diffusion_pytorch_model.safetensors")
-    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}  # saved like the base model
+    out = config.output_dir
+    unet = load_file(out / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {str(t.dtype) for t in unet.values()} == {"torch.float32"}  # saved like the base model
+    # the parts training ran in bf16 are saved bit-exact from the base, with the base's own sampler
+    for part, name in (("vae", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        before, after = (
+            load_file(base / part / f"{name}.safetensors"),
+            load_file(out / part / f"{name}.safetensors"),
+        )
+        assert _max_change(before, after) == 0.0, part
+    assert json.loads((out / "model_index.json").read_text())["scheduler"][1] == "PNDMScheduler"
 
 
 def test_fp16_on_cpu_is_refused(train_config):
@@ -274,7 +344,7 @@ def test_segment_masks_from_the_garment_prompt(train_config, monkeypatch, tmp_pa
     monkeypatch.setattr("restyle.segment.load_segmenter", lambda *a, **k: SkirtFinder())
     config = train_config(masks=(("segment", 1.0),), garment="the skirt", max_train_steps=2)
     train(config)
-    cached = sorted((config.output_dir / "masks" / "the-skirt").glob("*.png"))
+    cached = sorted((config.output_dir / "masks").glob("the-skirt-*/*.png"))
     assert len(cached) == 6
     _, want = draw_photo(0)
     got = np.asarray(Image.open(cached[0])) > 127

@@ -27,6 +27,7 @@ def class_examples(c: TrainConfig, acc: Any, parts: Parts, progress_bar: bool) -
 
     assert c.class_dir is not None
     todo = missing_class_images(Path(c.class_dir), c.num_class_images)
+    acc.wait_for_everyone()  # every process lists the folder before any writes to it: same `todo` for all
     if todo:
         log.info("generating %d class image(s) for %r into %s", len(todo), c.class_prompt, c.class_dir)
         mine = todo[acc.process_index :: acc.num_processes]
@@ -44,7 +45,16 @@ def class_examples(c: TrainConfig, acc: Any, parts: Parts, progress_bar: bool) -
         )
         bar.close()
     acc.wait_for_everyone()
-    return scan_class_images(Path(c.class_dir), c.class_prompt, min_side=c.smallest_side)
+    found = scan_class_images(Path(c.class_dir), c.class_prompt, min_side=c.smallest_side)
+    if not found:
+        raise InvalidParameterError(
+            f"class_dir: no class images in {c.class_dir}; set --num-class-images above 0 to generate them, "
+            "or --prior-loss-weight 0 to train without prior preservation",
+            field="class_dir",
+        )
+    if len(found) < c.num_class_images:
+        log.warning("class_dir: %d class images, fewer than the %d asked for", len(found), c.num_class_images)
+    return found
 
 
 def shared_segment_masks(c: TrainConfig, acc: Any, examples: list[Example], root: Path) -> dict[Path, Path]:
@@ -53,8 +63,11 @@ def shared_segment_masks(c: TrainConfig, acc: Any, examples: list[Example], root
 
     if "segment" not in dict(c.masks):
         return {}
+    import hashlib
+
     slug = "".join(ch if ch.isalnum() else "-" for ch in c.garment.lower()).strip("-")[:60]
-    cache = root / slug
+    key = hashlib.sha1(f"{c.segmenter}\n{c.garment}".encode()).hexdigest()[:8]
+    cache = root / f"{slug}-{key}"  # another garment prompt or segmenter never reuses these masks
     found: dict[Path, Path] = {}
     if acc.is_main_process:
         from restyle.segment import load_segmenter

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from restyle.train.data import Example, fit_square
+from restyle.train.data import Example, fit_square, read_mask
 from restyle.train.masks import choose_source, random_mask
 
 DATA_STREAM, MASK_STREAM, CLASS_OFFSET = 0, 1, 1_000_003  # keep the random streams independent
@@ -42,11 +41,7 @@ def fit_items(
     for ex in examples:
         image = load(ex.path)
         given = {"file": ex.mask_path, "segment": (segment_masks or {}).get(ex.path)}
-        raw = {
-            k: Image.open(p).convert("L").resize(image.size, Image.Resampling.NEAREST)
-            for k, p in given.items()
-            if p is not None
-        }
+        raw = {k: read_mask(p, image.size) for k, p in given.items() if p is not None}
         # crop around the garment the user marked, else the one the segmenter found
         anchor = raw.get("file") or raw.get("segment")
         fitted, _ = fit_square(image, None, size, fit, anchor=anchor)
@@ -100,7 +95,8 @@ class TrainSet:
 
         Returns:
             pixels (B, 3, S, S) float in [-1, 1], masks (B, 1, S, S) float {0, 1}, captions (B,),
-            sources (B,): the mask source of each row. Class rows follow instance rows.
+            sources (B,): the mask source of each row, n_instance: how many rows are instance rows
+            (class rows follow them).
         """
         import torch
 
@@ -122,4 +118,5 @@ class TrainSet:
             sources.append(source)
         px = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (B, 3, S, S)
         mk = torch.from_numpy(np.stack(masks)).unsqueeze(1).float()  # (B, 1, S, S)
-        return {"pixels": px, "masks": mk, "captions": captions, "sources": sources}
+        n_instance = self.batch_size
+        return {"pixels": px, "masks": mk, "captions": captions, "sources": sources, "n_instance": n_instance}

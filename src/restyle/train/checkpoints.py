@@ -21,9 +21,17 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "restyle_state.json"
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
-# settings a checkpoint must share with the run that resumes it (others may change, e.g. validation)
+# settings a checkpoint must share with the run that resumes it: they change what a step means, or live
+# in the saved optimizer/scheduler state (others may change, e.g. validation or max_train_steps)
 RESUME_KEYS = (
     "mode",
+    "base",
+    "learning_rate",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "use_8bit_adam",
+    "mixed_precision",
+    "lora_alpha",
     "train_text_encoder",
     "lora_rank",
     "lora_targets",

@@ -82,6 +82,20 @@ class TrainConfig:
     min_images: int = 5  # fewer instance images than this is warned about
     min_side: int | None = None  # shorter sides below this are refused; None: half the resolution
 
+    def __post_init__(self) -> None:
+        # Python callers may pass str paths; everything below uses Path
+        for name in (
+            "instance_dir",
+            "output_dir",
+            "class_dir",
+            "mask_dir",
+            "validation_image",
+            "validation_mask",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Path(value))
+
     @property
     def with_prior(self) -> bool:
         return self.class_dir is not None and self.prior_loss_weight > 0
@@ -142,9 +156,30 @@ class TrainConfig:
             raise InvalidParameterError(
                 "checkpoints_total_limit: must be at least 1", field="checkpoints_total_limit"
             )
+        if self.lora_alpha is not None and not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise InvalidParameterError(f"lora_alpha: {self.lora_alpha} must be > 0", field="lora_alpha")
+        self._check_validation()
         self._check_masks()
         if self.report_to:
             check_trackers(self.report_to)
+
+    def _check_validation(self) -> None:
+        from restyle.inpaint.params import MAX_IMAGES, MAX_SEED
+        from restyle.prompts import MAX_PROMPT_CHARS
+
+        if not 1 <= len(self.validation_seeds) <= MAX_IMAGES:
+            raise InvalidParameterError(
+                f"validation_seeds: {len(self.validation_seeds)} seeds; give 1 to {MAX_IMAGES}",
+                field="validation_seeds",
+            )
+        for seed in self.validation_seeds:
+            _in_range("validation_seeds", seed, 0, MAX_SEED)
+        if len(self.validation_prompt) > MAX_PROMPT_CHARS:
+            raise InvalidParameterError(
+                f"validation_prompt: {len(self.validation_prompt)} characters; "
+                f"the limit is {MAX_PROMPT_CHARS}",
+                field="validation_prompt",
+            )
 
     def _check_masks(self) -> None:
         if not self.masks:

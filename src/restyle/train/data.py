@@ -24,6 +24,7 @@ METADATA = "metadata.jsonl"  # the Hugging Face imagefolder convention: {"file_n
 MASK_FOLDER = "masks"  # <instance_dir>/masks/<stem>.png, white = the garment
 PAD_GREY = 127  # neutral border for --fit pad (mid-grey is zero after SD's [-1, 1] scaling)
 MAX_LISTED = 20  # bad files named in one error; more are counted
+MASK_ASPECT_TOLERANCE = 0.02  # a mask may be another resolution of its photo, not another shape
 # caption attributes in the order they are appended, with the vocabulary each is checked against
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "garment": all_garments(),
@@ -98,7 +99,8 @@ def scan_instances(
             min_images,
         )
     captions = read_captions(folder, files, prompt)
-    masks = find_masks(mask_dir or folder / MASK_FOLDER, files)
+    masks = find_masks(Path(mask_dir) if mask_dir else folder / MASK_FOLDER, files)
+    check_masks(masks, files, "mask_dir")
     return [Example(p, captions[p.name], masks.get(p.name)) for p in files]
 
 
@@ -107,6 +109,7 @@ def scan_class_images(folder: Path, prompt: str, *, min_side: int) -> list[Examp
     files = list_images(folder) if folder.is_dir() else []
     check_images(files, "class_dir", min_side)
     masks = find_masks(folder / MASK_FOLDER, files)
+    check_masks(masks, files, "class_dir")
     return [Example(p, prompt, masks.get(p.name)) for p in files]
 
 
@@ -116,6 +119,37 @@ def find_masks(folder: Path, files: list[Path]) -> dict[str, Path]:
         return {}
     by_stem = {p.stem: p for p in list_images(folder)}
     return {f.name: by_stem[f.stem] for f in files if f.stem in by_stem}
+
+
+def check_masks(masks: dict[str, Path], files: list[Path], field: str) -> None:
+    """Decode every user mask; refuse unreadable ones and ones shaped unlike their photo, all named."""
+    problems = []
+    for photo in files:
+        path = masks.get(photo.name)
+        if path is None:
+            continue
+        try:
+            with Image.open(path) as m:
+                m.load()
+                mw, mh = m.size
+            with Image.open(photo) as img:
+                w, h = img.size
+        except (OSError, Image.DecompressionBombError) as err:
+            problems.append(f"{path.name}: unreadable mask ({err.__class__.__name__}: {err})")
+            continue
+        if abs(mw / mh - w / h) > MASK_ASPECT_TOLERANCE * (w / h):
+            problems.append(f"{path.name}: mask is {mw}x{mh} but its photo is {w}x{h} (another shape)")
+    if problems:
+        raise InvalidImageError(
+            f"{field}: {len(problems)} mask(s) cannot be used:\n  " + "\n  ".join(problems[:MAX_LISTED]),
+            field=field,
+        )
+
+
+def read_mask(path: Path, size: tuple[int, int]) -> Image.Image:
+    """A user or segmenter mask as L at the photo's `size` (masks of another resolution are rescaled)."""
+    with Image.open(path) as m:
+        return m.convert("L").resize(size, Image.Resampling.NEAREST)
 
 
 def read_captions(folder: Path, files: list[Path], prompt: str) -> dict[str, str]:

@@ -53,10 +53,13 @@ def choose_source(mix: Sequence[tuple[str, float]], available: set[str], rng: np
 
 
 def cache_name(path: Path) -> str:
-    """A mask cache file name unique to the photo's full path (a.png and a.jpg, or two folders)."""
+    """A mask cache file name unique to the photo's full path (a.png and a.jpg, or two folders) and
+    to its current contents (size and modification time: a replaced photo is segmented again)."""
     import hashlib
 
-    digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    stat = Path(path).stat()
+    key = f"{Path(path).resolve()}\n{stat.st_size}\n{stat.st_mtime_ns}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return f"{Path(path).stem}-{digest}.png"
 
 

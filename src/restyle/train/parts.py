@@ -40,10 +40,16 @@ class Parts:
 
 def load_parts(base: str, device: Any) -> Parts:
     """Load the base inpainting model (hub id or folder) in fp32 onto `device`."""
+    import torch
     from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
 
     pipe = load_pretrained(
-        StableDiffusionInpaintPipeline, base, "inpainter", safety_checker=None, requires_safety_checker=False
+        StableDiffusionInpaintPipeline,
+        base,
+        "inpainter",
+        dtype=torch.float32,  # a base saved in fp16 still trains (and saves) in fp32
+        safety_checker=None,
+        requires_safety_checker=False,
     )
     Inpainter(pipe, base)  # refuses a non-inpainting (4-channel) UNet with a clear message
     pipe = pipe.to(device)
@@ -113,15 +119,28 @@ def save_lora(parts: Parts, config: TrainConfig, folder: Path) -> Path:
     return folder / LORA_FILE
 
 
-def save_pipeline(parts: Parts, folder: Path) -> Path:
-    """Write the whole fine-tuned model in diffusers layout (fp32, as the base model ships)."""
-    import torch
+def save_pipeline(parts: Parts, config: TrainConfig, folder: Path) -> Path:
+    """Write the fine-tuned model in diffusers layout: the base model's own files (fp32, its scheduler)
+    with the trained UNet, and the trained text encoder when it was trained.
 
-    pipe = parts.pipe
-    if any(
-        p.dtype != torch.float32 for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()
-    ):
-        pipe = pipe.to(torch.float32)
+    Re-reading the base (as diffusers' scripts do) keeps the frozen parts bit-exact even when training
+    ran them in half precision, and drops the sampler that validation switched to.
+    """
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    trained = {"unet": parts.unet}
+    if config.train_text_encoder:
+        trained["text_encoder"] = parts.text_encoder
+    pipe = load_pretrained(
+        StableDiffusionInpaintPipeline,
+        config.base,
+        "inpainter",
+        dtype=torch.float32,
+        safety_checker=None,
+        requires_safety_checker=False,
+        **trained,
+    )
     pipe.save_pretrained(folder)
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"saving the model to {folder} wrote no model_index.json")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from restyle.inpaint.params import StyleParams
+from restyle.inpaint.params import MAX_SEED, StyleParams
 from restyle.inpaint.pipeline import Inpainter
 from restyle.outputs import save_png
 from restyle.train.data import list_images
@@ -56,8 +56,13 @@ def generate_class_images(
     full = Image.new("L", (size, size), 255)
     written = []
     for index in todo:
-        params = StyleParams(
-            prompt=prompt, steps=steps, num_images=1, seeds=(seed + index,), size=size, crop=False
+        params = StyleParams(  # seeds wrap like the inpainter's own (seed + i) % 2**32
+            prompt=prompt,
+            steps=steps,
+            num_images=1,
+            seeds=((seed + index) % (MAX_SEED + 1),),
+            size=size,
+            crop=False,
         )
         result = inpainter.run(canvas, full, params)
         out = class_dir / f"generated-{index:05d}.png"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from restyle.errors import InvalidParameterError
+from restyle.errors import InvalidParameterError, RestyleError
 from restyle.train import checkpoints as ckpt
 from restyle.train.accel import (
     class_examples,
@@ -71,6 +71,7 @@ class Trainer:
         )
         if c.class_dir is not None:
             scan_class_images(c.class_dir, c.class_prompt, min_side=c.smallest_side)
+        self.validator = Validator(c, instances[0], self.out / "validation")
         # 2. Accelerator and trackers
         acc = self._accelerator()
         self.acc = acc
@@ -91,7 +92,7 @@ class Trainer:
             batch_size=c.train_batch_size,
             mask_mix=c.masks,
         )
-        self.validator = Validator(c, instances[0], seg, self.out / "validation")
+        self.validator.use_segment_masks(seg)
         # 6. What is trained, optimizer, schedule
         params = set_trainable(parts, c)
         self._prepare(params)
@@ -99,7 +100,7 @@ class Trainer:
         first = self._resume()
         # 8. Train
         loss = self._loop(data, first)
-        # 9. Final validation images and the output, written atomically
+        # 9. The output, written atomically, then the final validation images
         acc.wait_for_everyone()
         result = TrainResult(
             output=self.out / LORA_FILE if c.mode == "lora" else self.out,
@@ -110,8 +111,11 @@ class Trainer:
             stats=self._stats(first, started),
         )
         if acc.is_main_process:
-            result.validation = self.validator.run(self._unwrapped(), "final", acc.autocast)
             self._write_output(result)
+            try:
+                result.validation = self.validator.run(self._unwrapped(), "final", acc.autocast)
+            except RestyleError as err:  # the model is saved; a failed preview must not lose it
+                log.warning("final validation images failed (the model is saved): %s", err)
         acc.wait_for_everyone()
         acc.end_training()
         return result
@@ -176,13 +180,16 @@ class Trainer:
             acc.register_load_state_pre_hook(load_trainable_only)
 
     def _run_state(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it (see RESUME_KEYS)."""
         c = self.config
-        return {
-            **{k: getattr(c, k) for k in ckpt.RESUME_KEYS if hasattr(c, k)},
-            "lora_targets": list(c.lora_targets),
-            "text_lora_targets": list(c.text_lora_targets),
-            "num_processes": self.acc.num_processes,
-        }
+        state = {k: getattr(c, k) for k in ckpt.RESUME_KEYS if hasattr(c, k)}
+        state.update(
+            lora_targets=list(c.lora_targets),
+            text_lora_targets=list(c.text_lora_targets),
+            num_processes=self.acc.num_processes,
+            mixed_precision=self.acc.mixed_precision,
+        )
+        return state
 
     def _resume(self) -> int:
         c = self.config
@@ -292,7 +299,7 @@ class Trainer:
         pred, target = pred.float(), target.float()
         if not self.config.with_prior:
             return F.mse_loss(pred, target)
-        n = len(batch["captions"]) // 2  # instance rows first, class rows after
+        n = batch["n_instance"]  # instance rows first, class rows after
         prior = F.mse_loss(pred[n:], target[n:])
         return F.mse_loss(pred[:n], target[:n]) + self.config.prior_loss_weight * prior
 
@@ -330,6 +337,7 @@ class Trainer:
         import torch
 
         stats: dict[str, Any] = {
+            "mixed_precision": self.acc.mixed_precision,
             "steps_this_run": self.config.max_train_steps - first,
             "num_processes": self.acc.num_processes,
             "device": str(self.acc.device),
@@ -350,7 +358,7 @@ class Trainer:
             save_lora(parts, c, staged)
             last = LORA_FILE
         else:
-            save_pipeline(parts, staged)
+            save_pipeline(parts, c, staged)
             last = "model_index.json"
         summary = {
             "mode": c.mode,

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from restyle.errors import InvalidImageError
 from restyle.images import load_image, load_mask
 from restyle.inpaint.params import StyleParams
 from restyle.inpaint.pipeline import Inpainter
 from restyle.outputs import grid, save_png
 from restyle.train.config import TrainConfig
-from restyle.train.data import Example
+from restyle.train.data import Example, read_mask
 from restyle.train.masks import centre_box
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,19 @@ MASK_FILE = "mask.png"
 class Validator:
     """Makes and saves the validation images of one run."""
 
-    def __init__(
-        self, config: TrainConfig, first: Example, segment_masks: dict[Path, Path], folder: Path
-    ) -> None:
+    def __init__(self, config: TrainConfig, first: Example, folder: Path) -> None:
+        """Read and check the photo and mask now, before any model loads."""
         c = config
         self.config, self.folder = c, folder
         self.image_path = Path(c.validation_image) if c.validation_image else first.path
         self.image = load_image(self.image_path, field="validation_image")
-        self.mask = self._mask(first, segment_masks)
+        self._first = first
+        self.mask: Image.Image | None = None  # None: decided once segmenter masks exist (use_segment_masks)
+        if c.validation_mask is not None:
+            self.mask = load_mask(c.validation_mask, size=self.image.size, field="validation_mask")
+        elif self.image_path == first.path and first.mask_path is not None:
+            given = read_mask(first.mask_path, self.image.size)
+            self.mask = given if given.getbbox() is not None else None  # empty: fall back like training
         self.params = StyleParams(
             prompt=c.validation_prompt or first.caption,
             steps=c.validation_inference_steps,
@@ -45,18 +51,23 @@ class Validator:
             size=c.resolution,
         )
         self.params.check()
+        if self.mask is not None and self.mask.getbbox() is None:
+            raise InvalidImageError(
+                f"validation_mask: the mask for {self.image_path.name} is empty (all black)",
+                field="validation_mask",
+            )
 
-    def _mask(self, first: Example, segment_masks: dict[Path, Path]) -> Image.Image:
-        c = self.config
-        if c.validation_mask is not None:
-            return load_mask(c.validation_mask, size=self.image.size, field="validation_mask")
-        if self.image_path == first.path:
-            given = first.mask_path or segment_masks.get(first.path)
-            if given is not None:
-                return load_mask(given, size=self.image.size, field="validation_mask")
+    def use_segment_masks(self, segment_masks: dict[Path, Path]) -> None:
+        """Settle the mask: the given one, else the segmenter's for the photo, else its centre."""
+        if self.mask is not None:
+            return
+        found = segment_masks.get(self.image_path)
+        if found is not None:
+            self.mask = read_mask(found, self.image.size)
+            return
         w, h = self.image.size
         box = Image.fromarray(centre_box(256).astype(np.uint8) * 255, mode="L")
-        return box.resize((w, h), Image.Resampling.NEAREST)
+        self.mask = box.resize((w, h), Image.Resampling.NEAREST)
 
     def run(self, parts: Any, tag: str, autocast: Any = None) -> list[Path]:
         """Generate with the model as it is now; returns the image files written."""
@@ -70,6 +81,7 @@ class Validator:
         text_encoder.eval()
         try:
             with torch.no_grad(), (autocast or contextlib.nullcontext)():
+                assert self.mask is not None, "use_segment_masks() settles the mask before the first run"
                 result = Inpainter(parts.pipe, self.config.base).run(self.image, self.mask, self.params)
         finally:
             unet.train(was[0])
