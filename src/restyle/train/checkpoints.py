@@ -98,9 +98,12 @@ def finish_checkpoint(output_dir: Path, step: int, state: dict[str, Any], keep: 
     partial = partial_dir(output_dir, step)
     (partial / STATE_FILE).write_text(json.dumps(state, indent=1))
     final = output_dir / f"checkpoint-{step}"
-    if final.exists():  # the same step saved again after a resume: the new one wins
-        shutil.rmtree(final)
+    stale = output_dir / f"checkpoint-{step}.stale.partial"
+    if final.exists():  # the same step saved again after a resume: the new one wins; the old one is
+        os.replace(final, stale)  # renamed away first, so no half-deleted folder ever looks finished
     os.replace(partial, final)
+    if stale.exists():
+        shutil.rmtree(stale)
     if keep is not None:  # the one just written always stays; of the others, the most recent
         others = sorted(
             (path for _, path in complete_checkpoints(output_dir) if path != final),
