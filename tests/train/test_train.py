@@ -161,7 +161,7 @@ def test_loss_falls_when_overfitting(train_config, instance_dir, mode, extra):
     losses = _losses(config.output_dir)
     assert len(losses) == 60
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
-    assert last < 0.6 * first, (first, last)
+    assert last < 0.7 * first, (first, last)  # measured: dreambooth 0.90 -> 0.30, lora 0.98 -> 0.53
 
 
 def test_resume_after_a_crash_matches_uninterrupted(train_config, tmp_path, monkeypatch):
