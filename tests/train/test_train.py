@@ -101,6 +101,7 @@ def test_dreambooth_output_packages(train_config, tmp_path):
     config = train_config(mode="dreambooth", max_train_steps=2, keep_checkpoints=True, checkpointing_steps=1)
     train(config)
     assert (config.output_dir / "checkpoint-1").is_dir()  # kept on request
+    assert (config.output_dir / "checkpoint-2").is_dir()  # the last step too: a longer run resumes it
     build_archive(config.output_dir, tmp_path / "model.tar.gz")
     names = inspect_archive(tmp_path / "model.tar.gz")
     assert "model_index.json" in names and "unet/config.json" in names

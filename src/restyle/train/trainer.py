@@ -240,7 +240,13 @@ class Trainer:
             )
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
-            if c.checkpointing_steps and done % c.checkpointing_steps == 0 and done < c.max_train_steps:
+            # the last step is checkpointed only when checkpoints are kept: then a longer run can resume it
+            last = done == c.max_train_steps
+            if (
+                c.checkpointing_steps
+                and done % c.checkpointing_steps == 0
+                and (not last or c.keep_checkpoints)
+            ):
                 self._checkpoint(done)
             validate = c.validation_steps and done % c.validation_steps == 0 and done < c.max_train_steps
             if validate and acc.is_main_process:
