@@ -148,18 +148,12 @@ def _train(opts: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
     result = Trainer(config, progress_bar=not opts["quiet"]).run()
-    if result.stats.get("num_processes", 1) == 1 or _is_main():
+    if result.main_process:  # one summary line, not one per process
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.5f}"
         typer.echo(
             f"{config.mode}: {result.steps} steps (resumed at {result.resumed_from}), final loss {loss}, "
             f"{result.seconds:.1f} s -> {result.output}"
         )
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command(no_args_is_help=True)

@@ -28,7 +28,7 @@ def _losses(out: Path) -> list[float]:
     return [row["loss"] for row in read_log(out / "logs") if "loss" in row]
 
 
-def _rerun(inpainter: Inpainter, image_file: Path, folder: Path, **style) -> list[np.ndarray]:
+def _rerun(inpainter: Inpainter, folder: Path, **style) -> list[np.ndarray]:
     """Re-make the final validation images from the recipe in their PNG metadata."""
     from restyle.images import load_image, load_mask
     from restyle.inpaint import StyleParams
@@ -126,16 +126,16 @@ def test_lora_round_trip_with_text_encoder_and_prior(train_config, tiny_models, 
     assert not any("base_layer" in k for k in keys)  # adapters only, not another copy of the model
     # a fresh base with the adapter reproduces the images made at the end of training, exactly
     fresh = Inpainter.from_pretrained(str(tiny_models["inpainter"]), device="cpu")
-    plain = _rerun(fresh, lora, config.output_dir / "validation")
+    plain = _rerun(fresh, config.output_dir / "validation")
     fresh.load_style("sks", str(lora))
-    styled = _rerun(fresh, lora, config.output_dir / "validation", style="sks")
+    styled = _rerun(fresh, config.output_dir / "validation", style="sks")
     trained = [
         np.asarray(Image.open(p)) for p in sorted((config.output_dir / "validation").glob("final-seed*"))
     ]
     for got, want in zip(styled, trained, strict=True):
         assert np.array_equal(got, want)
     # switching it off returns exactly the base model's images
-    unloaded = _rerun(fresh, lora, config.output_dir / "validation", style=None)
+    unloaded = _rerun(fresh, config.output_dir / "validation", style=None)
     for got, want in zip(unloaded, plain, strict=True):
         assert np.array_equal(got, want)
     assert any(not np.array_equal(a, b) for a, b in zip(styled, plain, strict=True))

@@ -70,16 +70,10 @@ class TrainSet:
             raise ValueError("TrainSet needs at least one instance image")
         self.instances, self.classes = instances, classes
         self.seed, self.batch_size, self.mask_mix = seed, batch_size, tuple(mask_mix)
-        self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     def _order(self, offset: int, n: int, epoch: int) -> np.ndarray:
-        key = (offset, epoch)
-        if key not in self._perms:
-            rng = np.random.default_rng([self.seed, DATA_STREAM, offset, epoch])
-            self._perms[key] = rng.permutation(n)
-            if len(self._perms) > 64:  # old epochs are never revisited
-                self._perms.pop(next(iter(self._perms)))
-        return self._perms[key]
+        """This epoch's order: recomputed on demand (a permutation of a few hundred costs microseconds)."""
+        return np.random.default_rng([self.seed, DATA_STREAM, offset, epoch]).permutation(n)
 
     def indices(self, slot: int, n: int, offset: int = 0) -> list[int]:
         """Example indices of global batch slot `slot` (one process' micro-batch)."""

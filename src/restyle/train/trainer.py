@@ -47,6 +47,7 @@ class TrainResult:
     seconds: float
     stats: dict[str, Any] = field(default_factory=dict)
     validation: list[Path] = field(default_factory=list)
+    main_process: bool = True  # False in the other processes of a distributed run
 
 
 class Trainer:
@@ -84,10 +85,9 @@ class Trainer:
         # 4. Class images and 5. segmenter masks, then fitted data
         classes = class_examples(c, acc, parts, self.progress_bar) if c.with_prior else []
         seg = shared_segment_masks(c, acc, instances + classes, self.out / "masks")
-        load = load_example_image
         data = TrainSet(
-            fit_items(instances, c.resolution, c.fit, load, seg),
-            fit_items(classes, c.resolution, c.fit, load, seg),
+            fit_items(instances, c.resolution, c.fit, load_example_image, seg),
+            fit_items(classes, c.resolution, c.fit, load_example_image, seg),
             seed=c.seed,
             batch_size=c.train_batch_size,
             mask_mix=c.masks,
@@ -109,6 +109,7 @@ class Trainer:
             final_loss=loss,
             seconds=time.perf_counter() - started,
             stats=self._stats(first, started),
+            main_process=acc.is_main_process,
         )
         if acc.is_main_process:
             self._write_output(result)
