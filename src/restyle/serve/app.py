@@ -13,7 +13,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from restyle.errors import RestyleError
@@ -93,15 +94,40 @@ def create_app(
             response.headers["X-Restyle-Preview"] = "true"
         return response
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    _add_studio(app)
 
     guarded = [Depends(require_key(settings.api_key))]
     app.include_router(routes.sagemaker, dependencies=guarded)
     app.include_router(routes.v1, prefix="/v1", dependencies=guarded)
     app.include_router(routes.health)
     return app
+
+
+# The studio's pages load only their own files; images are shown from blob: and data: URLs.
+STUDIO_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _add_studio(app: FastAPI) -> None:
+    """The web studio at `/` (static files from the package; no API key needed to load the page)."""
+    from restyle.web import STATIC_DIR
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def studio() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=STUDIO_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.middleware("http")
+    async def static_headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        if request.url.path.startswith("/static/"):
+            response.headers.update(STUDIO_HEADERS)
+        return response
 
 
 def _version() -> str:

@@ -25,7 +25,7 @@ from restyle.outputs import png_info, save_png, save_result
 from restyle.prompts import DEFAULT_NEGATIVE, DEFAULT_PROTECT, Prompt, build_prompt
 from restyle.segment import MaskParams, MaskResult
 from restyle.segment.ops import overlay
-from restyle.serve.schemas import InvocationRequest, MaskOptions, SegmentRequest, StyleRequest
+from restyle.serve.schemas import InvocationRequest, MaskOptions, PromptFields, SegmentRequest, StyleRequest
 
 Cancel = Callable[[], bool]
 JPEG_QUALITY = 95
@@ -122,6 +122,26 @@ def _resize_long_side(img: Image.Image, long_side: int, resample: Image.Resampli
         return img
     scale = long_side / max(w, h)
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
+
+
+def request_prompt(req: PromptFields) -> Prompt:
+    """The inpainting prompt of a style request: verbatim (`raw`) or built from its attributes."""
+    negative = req.negative_prompt
+    if req.raw:
+        if not req.prompt or not req.prompt.strip():
+            raise InvalidParameterError("prompt: required when raw is true", field="prompt")
+        return Prompt(req.prompt, DEFAULT_NEGATIVE if negative is None else negative)
+    return build_prompt(
+        garment=req.garment_type,
+        text=req.prompt,
+        style=req.design_style,
+        pattern=req.pattern,
+        color=req.color,
+        fabric=req.fabric,
+        fit=req.fit,
+        length=req.length,
+        negative=negative,
+    )
 
 
 class Service:
@@ -246,25 +266,6 @@ class Service:
             "size": photo.size,
         }
 
-    def prompt_for(self, req: StyleRequest) -> Prompt:
-        """The inpainting prompt of a style request: verbatim (`raw`) or built from its attributes."""
-        negative = req.negative_prompt
-        if req.raw:
-            if not req.prompt or not req.prompt.strip():
-                raise InvalidParameterError("prompt: required when raw is true", field="prompt")
-            return Prompt(req.prompt, DEFAULT_NEGATIVE if negative is None else negative)
-        return build_prompt(
-            garment=req.garment_type,
-            text=req.prompt,
-            style=req.design_style,
-            pattern=req.pattern,
-            color=req.color,
-            fabric=req.fabric,
-            fit=req.fit,
-            length=req.length,
-            negative=negative,
-        )
-
     def style(
         self,
         req: StyleRequest,
@@ -277,7 +278,7 @@ class Service:
         photo, mask, garment = self._inputs(
             ("image", req.image), ("mask", req.mask), ("garment", req.garment), blame="garment"
         )
-        prompt = self.prompt_for(req)
+        prompt = request_prompt(req)
         params = StyleParams(
             prompt=prompt.text,
             negative_prompt=prompt.negative,

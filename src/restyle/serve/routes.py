@@ -12,13 +12,15 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from restyle.errors import RestyleError
-from restyle.serve.handler import encode_base64
+from restyle.serve.handler import encode_base64, request_prompt
 from restyle.serve.jobs import TERMINAL, Job, NotReadyError, TimeoutExceededError
 from restyle.serve.schemas import (
     ErrorBody,
     InvocationRequest,
     InvocationResponse,
     JobStatus,
+    PromptRequest,
+    PromptResponse,
     SegmentRequest,
     SegmentResponse,
     StyleRequest,
@@ -239,10 +241,35 @@ async def job_file(job_id: str, name: str, request: Request) -> FileResponse:
     return FileResponse(path)
 
 
-@v1.get("/models", summary="The loaded models, device and mode")
+@v1.post("/prompt", response_model=PromptResponse, summary="The prompt a style request would run (no images)")
+async def prompt(req: PromptRequest) -> Any:
+    built = request_prompt(req)
+    return {"prompt": built.text, "negative_prompt": built.negative}
+
+
+@v1.get("/models", summary="The loaded models, device, mode and request limits")
 async def models(request: Request) -> dict[str, Any]:
     state = _state(request)
-    return {"ready": state.ready, "phase": state.phase, **state.info}
+    return {"ready": state.ready, "phase": state.phase, **state.info, "limits": _limits(state.settings)}
+
+
+def _limits(settings: Any) -> dict[str, Any]:
+    """What a request may ask for, so a client can say so before the server refuses it."""
+    from restyle.inpaint import params as p
+    from restyle.segment.base import MAX_GROW
+
+    return {
+        "max_body_bytes": settings.max_body_bytes,
+        "max_pixels": settings.max_pixels,
+        "steps": [1, p.MAX_STEPS],
+        "num_images": [1, p.MAX_IMAGES],
+        "guidance": [0.0, p.MAX_GUIDANCE],
+        "seed": [0, p.MAX_SEED],
+        "size": [p.MIN_SIZE, p.MAX_SIZE],
+        "grow": [-MAX_GROW, MAX_GROW],
+        "feather": [0, MAX_GROW],
+        "schedulers": list(p.SCHEDULERS),
+    }
 
 
 @v1.get("/styles", summary="LoRA styles loaded at start (the `style` field of a request)")

@@ -112,15 +112,9 @@ class SegmentResponse(BaseModel):
     size: tuple[int, int]
 
 
-class StyleRequest(Strict):
-    """POST /v1/style and POST /v1/jobs: photo + what to change + into what."""
+class PromptFields(Strict):
+    """The prompt of a request: free text plus vocabulary attributes, or `prompt` verbatim with `raw`."""
 
-    image: Base64Image
-    garment: Text | PromptList | None = Field(None, description="What to change; or give `mask`.")
-    mask: Base64Image | None = Field(
-        None, description="Your own mask (white = repaint), same size as the photo."
-    )
-    mask_options: MaskOptions = Field(default_factory=MaskOptions)
     prompt: str | None = Field(
         None, max_length=MAX_PROMPT_CHARS, description="Free text: 'casual, bright colors'."
     )
@@ -132,7 +126,29 @@ class StyleRequest(Strict):
     fit: Text | None = None
     length: Text | None = None
     raw: bool = Field(False, description="Use `prompt` verbatim (no attributes, no quality suffix).")
-    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="null: the default negative prompt; '': none."
+    )
+
+
+class PromptRequest(PromptFields):
+    """POST /v1/prompt: the prompt a style request with these fields would run (no image work)."""
+
+
+class PromptResponse(BaseModel):
+    prompt: str
+    negative_prompt: str
+
+
+class StyleRequest(PromptFields):
+    """POST /v1/style and POST /v1/jobs: photo + what to change + into what."""
+
+    image: Base64Image
+    garment: Text | PromptList | None = Field(None, description="What to change; or give `mask`.")
+    mask: Base64Image | None = Field(
+        None, description="Your own mask (white = repaint), same size as the photo."
+    )
+    mask_options: MaskOptions = Field(default_factory=MaskOptions)
     num_images: int = Field(2, ge=1, le=MAX_IMAGES)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     steps: int = Field(25, ge=1, le=MAX_STEPS)
