@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 OUT ?= out/demo
 
-.PHONY: setup serve demo test lint typecheck check clean
+.PHONY: setup chromium serve demo test lint typecheck check clean
 
 $(BIN)/restyle: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -28,8 +28,19 @@ serve: setup
 demo: setup
 	$(BIN)/restyle demo -o $(OUT)
 
-## The test suite (offline, tiny models, CPU).
-test: setup
+## Debian's Chromium for the studio's browser tests: installed when missing and this is root on Debian;
+## otherwise those tests are skipped with the reason.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian chromium for the browser tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else echo "note: chromium is not installed, so the browser tests will be skipped (apt install chromium)"; fi; }
+
+## The test suite (offline, tiny models, CPU; the studio in headless Chromium).
+test: setup chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup

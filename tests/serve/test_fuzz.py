@@ -63,6 +63,7 @@ OPERATIONS = [
     ("GET", "/v1/jobs/{job_id}/events"),
     ("POST", "/v1/jobs/{job_id}/cancel"),
     ("GET", "/v1/jobs/{job_id}/files/{name}"),
+    ("POST", "/v1/prompt"),
     ("GET", "/v1/models"),
     ("GET", "/v1/styles"),
     ("GET", "/v1/vocabulary"),
