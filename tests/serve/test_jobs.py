@@ -101,6 +101,8 @@ def pixels(img: Image.Image) -> np.ndarray:
 def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
     events = []
     for block in text.strip().split("\n\n"):
+        if block.startswith(":"):
+            continue  # a comment (keep-alive), not an event
         name, data = None, None
         for line in block.splitlines():
             if line.startswith("event:"):
@@ -269,6 +271,18 @@ def test_sse_streams_increasing_progress_then_done(make_gated, photo, box_mask):
     final = events[-1][1]
     assert final["state"] == "done" and final["step"] == final["total"] == 12
     assert final["result"]["images"]
+
+
+def test_sse_sends_keepalive_comments_while_nothing_changes(make_gated, photo, box_mask, monkeypatch):
+    from restyle.serve import routes
+
+    monkeypatch.setattr(routes, "KEEPALIVE_S", 0.1)
+    srv = make_gated(step_delay=0.5, open_gate=True)
+    job = submit(srv.client, style_payload(photo, box_mask, steps=3))
+    text = srv.client.get(f"/v1/jobs/{job['id']}/events").text
+    assert ": keep-alive\n\n" in text  # 0.5 s steps, a comment after 0.1 s of quiet
+    events = parse_sse(text)
+    assert events[-1][0] == "done" and all(name in ("progress", "done") for name, _ in events)
 
 
 # --- cancel ------------------------------------------------------------------------------------------------

@@ -83,3 +83,4 @@ def test_models_route_gives_the_request_limits(client: Any) -> None:
     assert limits["steps"][1] == 150 and limits["num_images"][1] == 8
     assert limits["max_body_bytes"] == 6 * 1024 * 1024
     assert limits["size"] == [64, 2048]
+    assert limits["prompt_chars"] == 1000

@@ -134,26 +134,32 @@ class PageErrors(list):
     """Uncaught exceptions and console errors of a page (failed requests the test caused are expected)."""
 
 
+def watch_errors(tab: Any) -> PageErrors:
+    """Collect the page's uncaught exceptions and console errors (not failed requests a test caused)."""
+    errors = PageErrors()
+    tab.on("pageerror", lambda err: errors.append(f"uncaught: {err}"))
+
+    def console(msg: Any) -> None:
+        if msg.type == "error" and "Failed to load resource" not in msg.text:
+            errors.append(f"console: {msg.text}")
+
+    tab.on("console", console)
+    return errors
+
+
 @pytest.fixture
 def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
     """A fresh browser context on the studio (empty storage), failing the test on any JavaScript error."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
     context.set_default_timeout(30_000)
-    tab = context.new_page()
-    errors = PageErrors()
-    tab.on("pageerror", lambda err: errors.append(f"uncaught: {err}"))
-    tab.on(
-        "console",
-        lambda msg: (
-            errors.append(f"console: {msg.text}")
-            if msg.type == "error" and "Failed to load resource" not in msg.text
-            else None
-        ),
-    )
-    tab.goto(live_server.url + "/")
-    tab.wait_for_selector("#server-status[data-ready=true]")
-    yield tab
-    context.close()
+    try:
+        tab = context.new_page()
+        errors = watch_errors(tab)
+        tab.goto(live_server.url + "/")
+        tab.wait_for_selector("#server-status[data-ready=true]")
+        yield tab
+    finally:
+        context.close()
     assert not errors, errors
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +39,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The request took longer than the server's timeout",
     }.items()
 }
+
+KEEPALIVE_S = 15.0  # an SSE comment after this long without news keeps proxies from closing the stream
 
 sagemaker = APIRouter(tags=["SageMaker contract"])
 v1 = APIRouter(tags=["restyle API"], responses=ERRORS)
@@ -204,14 +207,17 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
     found = _find(request, job_id)
 
     async def stream() -> AsyncIterator[str]:
-        last = None
+        last, quiet_since = None, time.monotonic()
         while True:
             status = _status(request, found)
             key = (status["state"], status["step"], status.get("position"))
             if key != last:
-                last = key
+                last, quiet_since = key, time.monotonic()
                 event = status["state"] if status["state"] in TERMINAL else "progress"
                 yield f"event: {event}\ndata: {json.dumps(status, default=str)}\n\n"
+            elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield ": keep-alive\n\n"  # a long queue wait must not look like a dead connection
             if status["state"] in TERMINAL or await request.is_disconnected():
                 return
             await asyncio.sleep(0.1)
@@ -256,6 +262,7 @@ async def models(request: Request) -> dict[str, Any]:
 def _limits(settings: Any) -> dict[str, Any]:
     """What a request may ask for, so a client can say so before the server refuses it."""
     from restyle.inpaint import params as p
+    from restyle.prompts.builder import MAX_PROMPT_CHARS
     from restyle.segment.base import MAX_GROW
 
     return {
@@ -269,6 +276,7 @@ def _limits(settings: Any) -> dict[str, Any]:
         "grow": [-MAX_GROW, MAX_GROW],
         "feather": [0, MAX_GROW],
         "schedulers": list(p.SCHEDULERS),
+        "prompt_chars": MAX_PROMPT_CHARS,
     }
 
 

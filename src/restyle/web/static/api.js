@@ -2,6 +2,7 @@
 // Every failure becomes an ApiError carrying the server's {error, field, message}.
 
 const KEY_STORE = "restyle.apiKey";
+const TERMINAL = ["done", "failed", "cancelled"];
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -97,8 +98,11 @@ export async function followJob(id, onEvent, signal) {
       }
     }
   }
-  if (last === null || !["done", "failed", "cancelled"].includes(last.state)) {
-    last = await api(`/v1/jobs/${encodeURIComponent(id)}`);  // the stream ended early: ask once more
+  // the stream ended early (a proxy's idle timeout, a network blip): poll until the job ends
+  while (last === null || !TERMINAL.includes(last.state)) {
+    if (last !== null) await new Promise((r) => setTimeout(r, 500));
+    if (signal?.aborted) throw new DOMException("aborted", "AbortError");
+    last = await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal });
     onEvent(last.state, last);
   }
   return last;

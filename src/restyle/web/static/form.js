@@ -77,6 +77,7 @@ export function applyLimits(limits) {
     $(id).max = limits[id][1];
   }
   $("seed").max = limits.seed[1];
+  for (const id of ["prompt", "negative_prompt", "details", "garment"]) $(id).maxLength = limits.prompt_chars;
   $("grow").min = Math.max(-128, limits.grow[0]);
   $("grow").max = Math.min(128, limits.grow[1]);
 }

@@ -20,7 +20,16 @@ function el(tag, attrs = {}, ...children) {
  * Show a finished job: `original` {url, width}, `items` [{url, blob, seed, name}], `mask` {url, name}.
  * Picking an item puts it in the before/after view.
  */
+let owned = []; // object URLs of the shown results, revoked when they are replaced
+
+function release() {
+  for (const url of owned) URL.revokeObjectURL(url);
+  owned = [];
+}
+
 export function showResults({ original, items, mask, meta }) {
+  release();
+  owned = [...items.map((item) => item.url), ...(mask ? [mask.url] : [])];
   const gallery = $("gallery");
   gallery.replaceChildren();
   $("results-empty").hidden = true;
@@ -48,19 +57,30 @@ export function showResults({ original, items, mask, meta }) {
   function select(index) {
     gallery.querySelectorAll("button.pick").forEach((b, i) => b.setAttribute("aria-pressed", String(i === index)));
     if (index > 0) compare(original.url, entries[index].url);
+    else showOriginal(original.url);
   }
   if (items.length) select(1);
 }
 
 export function clearResults() {
+  release();
   $("gallery").replaceChildren();
   $("compare").hidden = true;
   $("results-empty").hidden = false;
   $("result-meta").textContent = "";
 }
 
+function showOriginal(url) {
+  $("compare").hidden = false;
+  $("compare-before").src = url;
+  $("compare-after").hidden = true;
+  $("compare-line").hidden = true;
+}
+
 function compare(beforeUrl, afterUrl) {
   $("compare").hidden = false;
+  $("compare-after").hidden = false;
+  $("compare-line").hidden = false;
   $("compare-before").src = beforeUrl;
   const after = $("compare-after");
   after.src = afterUrl;

@@ -165,14 +165,14 @@ export class MaskEditor {
   listen() {
     const stage = this.stage;
     stage.addEventListener("pointerdown", (e) => {
-      if (!this.loaded || e.button !== 0) return;
+      if (!this.loaded || e.button !== 0 || !e.isPrimary || this.current) return; // one stroke at a time
       stage.setPointerCapture(e.pointerId);
       this.begin(this.toPhoto(e));
       e.preventDefault();
     });
     stage.addEventListener("pointermove", (e) => {
       this.showCursor(e.clientX, e.clientY);
-      if (this.current) this.extend(this.toPhoto(e));
+      if (this.current && e.isPrimary) this.extend(this.toPhoto(e));
     });
     for (const name of ["pointerup", "pointercancel"]) stage.addEventListener(name, () => this.end());
     stage.addEventListener("pointerleave", () => { if (!this.current) this.cursor.hidden = true; });
@@ -182,7 +182,7 @@ export class MaskEditor {
   }
 
   onKey(e) {
-    if (!this.loaded) return;
+    if (!this.loaded || e.altKey || ((e.ctrlKey || e.metaKey) && e.key !== "z")) return; // browser shortcuts
     const step = Math.max(2, this.radius() / 2) * (e.shiftKey ? 4 : 1);
     const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
     if (moves[e.key]) {

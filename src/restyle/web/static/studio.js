@@ -1,7 +1,7 @@
 // restyle studio: upload -> garment mask (tune, correct by hand) -> style -> generate with progress ->
 // gallery and history. Talks only to the public /v1 API (plus /ping for readiness).
 
-import { api, ApiError, base64ToBlob, blobToBase64, fetchBlob, followJob, ping, setKey, getKey } from "./api.js";
+import { api, ApiError, base64ToBlob, blobToBase64, fetchBlob, followJob, getKey, ping, setKey } from "./api.js";
 import * as form from "./form.js";
 import { addHistory, clearHistory, clearResults, initCompare, renderHistory, showResults, thumbnail } from "./gallery.js";
 import { MaskEditor } from "./mask.js";
@@ -10,15 +10,19 @@ const $ = (id) => document.getElementById(id);
 const UPLOAD_SHARE = 0.3; // of the server's body limit for the photo (base64 adds a third, the mask rides along)
 const PROMPT_HINT = "Choose a garment type or write what to wear";
 const DECODABLE = ["image/png", "image/jpeg", "image/webp"];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const state = {
   ready: false,
+  vocabulary: false,
   limits: { max_body_bytes: 6 * 1024 * 1024, max_pixels: 16e6, size: [64, 2048] },
-  photo: null, // {b64, url, width, height}
+  photo: null, // {blob, b64, url, width, height}
+  photoSeq: 0, // bumped on every photo change: late answers about an older photo are dropped
   segmented: false,
-  segmentSeq: 0,
-  job: null, // {id, abort}
+  confidence: undefined,
+  job: null, // {id, abort, cancelRequested}
   promptEdited: false,
+  promptSeq: 0,
 };
 
 const editor = new MaskEditor({
@@ -45,17 +49,19 @@ async function loadVocabulary() {
 }
 
 async function waitReady() {
-  const status = $("server-status");
   for (let attempt = 0; ; attempt++) {
     const { code, body } = await ping();
-    if (code === 200) break;
-    if (body.status === "failed") {
-      setStatus(`The models failed to load: ${body.error}`, "bad");
-      return;
-    }
-    setStatus(code === 0 ? "The server does not answer; retrying…" : `Starting: ${body.phase || "loading"}…`);
-    await new Promise((r) => setTimeout(r, Math.min(1000 + attempt * 250, 4000)));
+    if (code === 200 && (await loadModels())) break;
+    if (code === 200 && state.needsKey) return; // the key form's submit calls waitReady again
+    if (body.status === "failed") return setStatus(`The models failed to load: ${body.error}`, "bad");
+    if (code !== 200) setStatus(code === 0 ? "The server does not answer; retrying…" : `Starting: ${body.phase || "loading"}…`);
+    await sleep(Math.min(1000 + attempt * 250, 4000));
   }
+  updateButtons();
+}
+
+/** GET /v1/models and /v1/styles; true when the studio can work. */
+async function loadModels() {
   try {
     const models = await api("/v1/models");
     state.limits = { ...state.limits, ...models.limits };
@@ -63,13 +69,21 @@ async function waitReady() {
     $("preview-banner").hidden = !models.preview;
     const where = `${models.device}, ${models.native_size} px`;
     setStatus(models.preview ? `Ready: PREVIEW MODE, tiny random models (${where})` : `Ready: ${models.inpainter} (${where})`, "ok");
-    form.fillStyles((await api("/v1/styles")).styles);
-    state.ready = true;
-    status.dataset.ready = "true";
   } catch (err) {
+    state.needsKey = err instanceof ApiError && err.status === 401;
     handleError("generate-error", err);
+    return false;
   }
-  updateButtons();
+  try {
+    form.fillStyles((await api("/v1/styles")).styles);
+  } catch (err) {
+    form.fillStyles([]); // no picker is better than no studio
+    handleError("style-error", err);
+  }
+  form.clearError("generate-error");
+  state.ready = true;
+  $("server-status").dataset.ready = "true";
+  return true;
 }
 
 function setStatus(text, kind = "") {
@@ -83,6 +97,8 @@ function updateButtons() {
   $("find").disabled = !state.ready;
   $("generate").disabled = !state.ready || busy;
   $("cancel").hidden = !busy;
+  $("cancel").disabled = Boolean(state.job?.cancelRequested);
+  $("file").disabled = busy; // the photo stays put while a job runs on it
 }
 
 // --- errors --------------------------------------------------------------------------------------------
@@ -103,32 +119,51 @@ function openKeyForm() {
   $("api-key").focus();
 }
 
+function busyRefusal(boxId) {
+  form.showError(boxId, { message: "A job is running on this photo: wait for it or cancel it first." });
+}
+
 // --- photo ---------------------------------------------------------------------------------------------
 async function usePhoto(file) {
   form.clearError("photo-error");
   if (!file) return;
+  if (state.job) return busyRefusal("photo-error");
+  const seq = newPhotoSeq();
   let bitmap;
   try {
     bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
   } catch {
-    form.showError("photo-error", { field: "image", message: `image: ${file.name || "this file"} could not be read as an image; use PNG, JPEG or WebP` });
-    return;
+    const message = `image: ${file.name || "this file"} could not be read as an image; use PNG, JPEG or WebP`;
+    return form.showError("photo-error", { field: "image", message });
   }
   try {
     const prepared = await prepareUpload(file, bitmap);
-    if (state.photo) URL.revokeObjectURL(state.photo.url);
-    state.photo = { ...prepared, url: URL.createObjectURL(prepared.blob) };
-    editor.load(prepared.bitmap);
-    state.segmented = false;
-    $("editor").hidden = false;
-    $("dropzone").classList.add("compact");
+    if (prepared.bitmap !== bitmap) bitmap.close();
+    if (seq !== state.photoSeq) return prepared.bitmap.close(); // another photo came meanwhile
+    setPhoto(prepared, prepared.bitmap);
     const scaled = prepared.scaledFrom ? ` (scaled down from ${prepared.scaledFrom[0]} × ${prepared.scaledFrom[1]})` : "";
     $("photo-info").textContent = `Photo ${prepared.width} × ${prepared.height} px${scaled}, ${(prepared.blob.size / 1024).toFixed(0)} KB to upload.`;
     clearResults();
-    if ($("garment").value.trim() && state.ready) await segment();
+    if ($("garment").value.trim() && state.ready) await requestSegment();
   } catch (err) {
     handleError("photo-error", err);
   }
+}
+
+function newPhotoSeq() {
+  clearTimeout(resegmentTimer);
+  segmentDirty = false;
+  return ++state.photoSeq;
+}
+
+function setPhoto(photo, bitmap) {
+  if (state.photo) URL.revokeObjectURL(state.photo.url);
+  state.photo = { blob: photo.blob, b64: photo.b64, width: bitmap.width, height: bitmap.height, url: URL.createObjectURL(photo.blob) };
+  editor.load(bitmap);
+  bitmap.close();
+  state.segmented = false;
+  state.confidence = undefined;
+  $("editor").hidden = false;
 }
 
 /** The photo as it will be uploaded: the file itself when small enough, else scaled and re-encoded. */
@@ -142,62 +177,92 @@ async function prepareUpload(file, bitmap) {
   }
   let scale = Math.min(1, maxSide / Math.max(width, height), Math.sqrt(state.limits.max_pixels / (width * height)));
   for (let attempt = 0; attempt < 6; attempt++, scale *= 0.8) {
-    const w = Math.max(1, Math.round(width * scale));
-    const h = Math.max(1, Math.round(height * scale));
+    const w = Math.max(1, Math.floor(width * scale));
+    const h = Math.max(1, Math.floor(height * scale));
     const canvas = new OffscreenCanvas(w, h);
     const ctx = canvas.getContext("2d");
-    ctx.fillStyle = "#fff"; // JPEG has no alpha: transparent areas become white, not black
+    ctx.fillStyle = "#fff"; // JPEG has no alpha: transparent areas become white, as the server does
     ctx.fillRect(0, 0, w, h);
     ctx.drawImage(bitmap, 0, 0, w, h);
     const blob = await canvas.convertToBlob({ type: "image/jpeg", quality: 0.92 });
     if (blob.size <= budget) {
-      const scaledBitmap = await createImageBitmap(blob);
       const scaledFrom = w === width && h === height ? null : [width, height];
-      return { blob, b64: await blobToBase64(blob), bitmap: scaledBitmap, width: w, height: h, scaledFrom };
+      return { blob, b64: await blobToBase64(blob), bitmap: await createImageBitmap(blob), width: w, height: h, scaledFrom };
     }
   }
   throw new ApiError(0, { field: "image", message: "image: could not be made small enough for the server's upload limit" });
 }
 
 // --- mask ----------------------------------------------------------------------------------------------
-async function segment() {
+// One segment request at a time: a change while one runs marks the mask dirty, and one more request with
+// the latest values follows (sliders must not flood the server's single queue).
+let segmentRun = null;
+let segmentDirty = false;
+let resegmentTimer = null;
+
+function requestSegment() {
+  clearTimeout(resegmentTimer);
+  if (segmentRun) {
+    segmentDirty = true;
+    return segmentRun;
+  }
+  segmentRun = (async () => {
+    do {
+      segmentDirty = false;
+      await segmentOnce();
+    } while (segmentDirty);
+  })().finally(() => { segmentRun = null; });
+  return segmentRun;
+}
+
+async function segmentOnce() {
   form.clearError("mask-error");
   const values = form.collect();
   if (!state.photo) return form.showError("photo-error", { field: "image", message: "image: choose a photo first" });
   if (!form.garmentPrompts(values.garment).length) {
     return form.showError("mask-error", { field: "garment", message: 'garment: say what to find, e.g. "the dress"' });
   }
-  const seq = ++state.segmentSeq;
+  const seq = state.photoSeq;
   $("mask-info").textContent = "Finding the garment…";
   try {
     const res = await api("/v1/segment", { method: "POST", body: { image: state.photo.b64, ...form.segmentBody(values) } });
-    if (seq !== state.segmentSeq) return; // a newer request is on its way
-    editor.setBase(await createImageBitmap(base64ToBlob(res.mask)));
+    const mask = await createImageBitmap(base64ToBlob(res.mask));
+    if (seq !== state.photoSeq) return mask.close(); // the photo changed meanwhile
+    editor.setBase(mask);
+    mask.close();
     state.segmented = true;
     state.confidence = res.confidence;
     showCoverage();
   } catch (err) {
-    if (seq === state.segmentSeq) {
-      $("mask-info").textContent = "";
-      handleError("mask-error", err);
-    }
+    if (seq !== state.photoSeq) return;
+    showCoverage();
+    handleError("mask-error", err);
   }
 }
 
-let resegmentTimer = null;
 function resegmentSoon() {
   if (!state.segmented) return;
   clearTimeout(resegmentTimer);
-  resegmentTimer = setTimeout(segment, 250);
+  resegmentTimer = setTimeout(requestSegment, 250);
+}
+
+/** Let a pending or running segmentation finish, so a job gets the mask the user sees. */
+async function settleMask() {
+  if (resegmentTimer !== null && state.segmented) {
+    clearTimeout(resegmentTimer);
+    resegmentTimer = null;
+    await requestSegment();
+  }
+  if (segmentRun) await segmentRun;
 }
 
 function showCoverage() {
   if (!editor.loaded) return;
   const share = editor.coverage() * 100;
-  const edits = editor.strokes.length ? `, ${editor.strokes.length} hand edit${editor.strokes.length > 1 ? "s" : ""}` : "";
+  const n = editor.strokes.length;
+  const edits = n ? `, ${n} hand edit${n > 1 ? "s" : ""}` : "";
   const conf = state.segmented && state.confidence !== undefined ? `, segmenter confidence ${state.confidence.toFixed(2)}` : "";
-  const text = `Mask: ${share.toFixed(1)}% of the photo will be repainted${edits}${conf}.`;
-  $("mask-info").textContent = text;
+  $("mask-info").textContent = `Mask: ${share.toFixed(1)}% of the photo will be repainted${edits}${conf}.`;
   $("mask-info").dataset.coverage = share.toFixed(3);
 }
 
@@ -219,17 +284,19 @@ function rebuildPromptSoon() {
 
 async function rebuildPrompt() {
   form.clearError("style-error");
+  const seq = ++state.promptSeq;
+  const current = () => seq === state.promptSeq && !state.promptEdited; // else the answer is stale
   const body = form.promptBody(form.collect());
-  const empty = Object.values(body).every((v) => !v);
   $("prompt").placeholder = PROMPT_HINT;
-  if (empty) {
-    $("prompt").value = "";
+  if (Object.values(body).every((v) => !v)) {
+    if (current()) $("prompt").value = "";
     return;
   }
   try {
     const res = await api("/v1/prompt", { method: "POST", body });
-    if (!state.promptEdited) $("prompt").value = res.prompt;
+    if (current()) $("prompt").value = res.prompt;
   } catch (err) {
+    if (!current()) return;
     if (err instanceof ApiError && err.status === 422 && err.field === "prompt") {
       // not enough chosen yet (a colour alone): the API's reason becomes the hint, not an error
       $("prompt").value = "";
@@ -249,33 +316,41 @@ function setPromptEdited(edited) {
 // --- generate ------------------------------------------------------------------------------------------
 async function generate() {
   for (const box of ["generate-error", "mask-error", "photo-error"]) form.clearError(box);
+  if (state.job) return;
   if (!state.photo) return form.showError("photo-error", { field: "image", message: "image: choose a photo first" });
-  if (editor.coverage() === 0) {
-    return form.showError("mask-error", { field: "mask", message: "mask: empty; find the garment or paint over it first" });
-  }
-  if (!$("seed-lock").checked) $("seed").value = form.randomSeed();
-  const values = form.collect();
-  const abort = new AbortController();
-  state.job = { id: null, abort };
+  const job = { id: null, abort: new AbortController(), cancelRequested: false };
+  state.job = job;
   updateButtons();
-  setProgress(0, 1, "Sending…");
+  $("cancel").focus(); // Generate is disabled under the keyboard user's focus: hand it to Cancel
+  const photo = state.photo;
   try {
+    setProgress(0, 1, "Sending…");
+    await settleMask();
+    if (editor.coverage() === 0) {
+      setProgress(0, 1, "");
+      return form.showError("mask-error", { field: "mask", message: "mask: empty; find the garment or paint over it first" });
+    }
+    if (!$("seed-lock").checked) $("seed").value = form.randomSeed();
+    const values = form.collect();
     const mask = await blobToBase64(await editor.toBlob());
-    const body = { image: state.photo.b64, mask, ...form.jobBody(values) };
-    const created = await api("/v1/jobs", { method: "POST", body, signal: abort.signal });
-    state.job.id = created.id;
-    const final = await followJob(created.id, (_, status) => onJobEvent(status), abort.signal);
-    await finish(final, values);
+    const body = { image: photo.b64, mask, ...form.jobBody(values) };
+    const created = await api("/v1/jobs", { method: "POST", body, signal: job.abort.signal });
+    job.id = created.id;
+    if (job.cancelRequested) await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
+    const final = await followJob(created.id, (_, status) => onJobEvent(status), job.abort.signal);
+    await finish(final, values, photo);
   } catch (err) {
     setProgress(0, 1, "");
     handleError("generate-error", err);
   } finally {
     state.job = null;
     updateButtons();
+    if (document.activeElement === document.body || document.activeElement === $("cancel")) $("generate").focus();
   }
 }
 
 function onJobEvent(status) {
+  if (state.job?.cancelRequested) return; // keep saying "Cancelling…"
   if (status.state === "queued") {
     setProgress(0, 1, status.position ? `Queued: ${status.position} ahead` : "Queued");
   } else if (status.state === "running") {
@@ -284,16 +359,22 @@ function onJobEvent(status) {
   }
 }
 
+let lastAnnounced = "";
 function setProgress(value, max, text) {
   const bar = $("progress");
   bar.max = max;
   bar.value = value;
   $("progress-text").textContent = text;
+  // screen readers hear the start, each quarter and the end, not every step
+  const quarter = max > 1 ? `${Math.floor((4 * value) / max) * 25}%` : text;
+  const say = text.startsWith("Step") ? `Progress ${quarter}` : text;
+  if (say !== lastAnnounced) $("progress-announce").textContent = lastAnnounced = say;
 }
 
-async function finish(status, values) {
+async function finish(status, values, photo) {
   if (status.state === "cancelled") {
-    setProgress(status.step, status.total || 1, `Cancelled at step ${status.step} / ${status.total}`);
+    const where = status.step ? `at step ${status.step} / ${status.total}` : "before it started";
+    setProgress(status.step, status.total || 1, `Cancelled ${where}`);
     return;
   }
   if (status.state === "failed") {
@@ -301,17 +382,19 @@ async function finish(status, values) {
     throw new ApiError(status.error?.status || 500, status.error || {});
   }
   setProgress(status.total, status.total || 1, "Fetching the images…");
-  await showJob(status.id, status.result, { url: state.photo.url });
+  const { items } = await showJob(status.id, status.result, photo.url);
   setProgress(status.total, status.total || 1, `Done in ${status.result.elapsed_s.toFixed(1)} s`);
-  const first = state.lastItems[0];
   addHistory({
     id: status.id, time: Date.now(), params: values, prompt: status.result.prompt, seeds: status.result.seeds,
-    thumb: first ? await thumbnail(first.blob) : null, promptEdited: state.promptEdited,
+    thumb: items[0] ? await thumbnail(items[0].blob) : null,
   });
   renderHistory(reloadEntry);
 }
 
-async function showJob(id, result, original) {
+async function showJob(id, result, originalUrl) {
+  if (result.images.some((image) => !image.url)) {
+    throw new ApiError(0, { message: "the server keeps no result files (started without an output folder)" });
+  }
   const items = [];
   for (const [i, image] of result.images.entries()) {
     const blob = await fetchBlob(image.url);
@@ -319,17 +402,18 @@ async function showJob(id, result, original) {
   }
   const maskBlob = result.mask_url ? await fetchBlob(result.mask_url) : null;
   const mask = maskBlob ? { url: URL.createObjectURL(maskBlob), name: `restyle-${id.slice(0, 8)}-mask.png`, blob: maskBlob } : null;
-  state.lastItems = items;
   const preview = result.preview ? " · preview mode (tiny random models)" : "";
-  showResults({ original, items, mask, meta: `${result.prompt} · seeds ${result.seeds.join(", ")}${preview}` });
+  showResults({ original: { url: originalUrl }, items, mask, meta: `${result.prompt} · seeds ${result.seeds.join(", ")}${preview}` });
   return { items, mask };
 }
 
 async function cancel() {
   const job = state.job;
-  if (!job) return;
-  if (!job.id) return job.abort.abort();
-  $("progress-text").textContent = "Cancelling…";
+  if (!job || job.cancelRequested) return;
+  job.cancelRequested = true;
+  updateButtons();
+  setProgress($("progress").value, $("progress").max, "Cancelling…");
+  if (!job.id) return; // generate() cancels it as soon as the server names it
   try {
     await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" });
   } catch (err) {
@@ -340,41 +424,55 @@ async function cancel() {
 // --- history -------------------------------------------------------------------------------------------
 async function reloadEntry(entry) {
   form.clearError("history-error");
+  if (state.job) return busyRefusal("history-error");
+  const seq = newPhotoSeq();
   form.restore(entry.params || {});
+  $("seed-lock").checked = true; // the same seed again reproduces the result
   setPromptEdited(true); // the prompt comes back as it ran
-  $("prompt").value = entry.params?.prompt ?? entry.prompt;
+  $("prompt").value = entry.params?.prompt || entry.prompt;
   try {
-    const status = await api(`/v1/jobs/${entry.id}`);
-    if (status.state !== "done" || !status.result) throw new ApiError(404, { message: `job ${entry.id} did not finish (${status.state})` });
-    const input = await fetchBlob(`/v1/jobs/${entry.id}/files/input.png`);
+    const status = await api(`/v1/jobs/${encodeURIComponent(entry.id)}`);
+    if (status.state !== "done" || !status.result) {
+      throw new ApiError(404, { message: `job ${entry.id} did not finish (${status.state})` });
+    }
+    const input = await fetchBlob(`/v1/jobs/${encodeURIComponent(entry.id)}/files/input.png`);
     const bitmap = await createImageBitmap(input);
-    if (state.photo) URL.revokeObjectURL(state.photo.url);
-    state.photo = { blob: input, b64: await blobToBase64(input), url: URL.createObjectURL(input), width: bitmap.width, height: bitmap.height };
-    editor.load(bitmap);
-    $("editor").hidden = false;
-    $("photo-info").textContent = `Photo ${bitmap.width} × ${bitmap.height} px, from job ${entry.id.slice(0, 8)}.`;
-    const { mask } = await showJob(entry.id, status.result, { url: state.photo.url });
-    if (mask) editor.setBase(await createImageBitmap(mask.blob));
-    state.segmented = false; // the mask is the job's own; Find garment makes a new one
-    $("history-error").textContent = "";
+    if (seq !== state.photoSeq) return bitmap.close();
+    setPhoto({ blob: input, b64: await blobToBase64(input) }, bitmap);
+    $("photo-info").textContent = `Photo ${state.photo.width} × ${state.photo.height} px, from job ${entry.id.slice(0, 8)}.`;
+    const { mask } = await showJob(entry.id, status.result, state.photo.url);
+    if (mask && seq === state.photoSeq) {
+      const maskBitmap = await createImageBitmap(mask.blob);
+      editor.setBase(maskBitmap); // the job's own mask; Find garment makes a new one
+      maskBitmap.close();
+    }
   } catch (err) {
     const gone = err instanceof ApiError && err.status === 404;
-    handleError("history-error", gone ? new ApiError(404, { message: `This result is no longer on the server (job ${entry.id}); its settings were restored.` }) : err);
+    const message = `This result is no longer on the server (job ${entry.id}); its settings were restored.`;
+    handleError("history-error", gone ? new ApiError(404, { message }) : err);
   }
 }
 
 // --- wiring --------------------------------------------------------------------------------------------
-function wire() {
-  $("file").addEventListener("change", (e) => usePhoto(e.target.files[0]));
-  const zone = $("dropzone");
-  for (const name of ["dragenter", "dragover"]) zone.addEventListener(name, (e) => { e.preventDefault(); zone.classList.add("over"); });
-  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+function wireDrop() {
+  // a photo dropped anywhere must not make the browser navigate away from the studio
+  for (const name of ["dragover", "drop"]) document.addEventListener(name, (e) => e.preventDefault());
+  const zone = $("photo-panel");
+  const over = (on) => $("dropzone").classList.toggle("over", on);
+  zone.addEventListener("dragover", () => over(true));
+  zone.addEventListener("dragleave", (e) => { if (!zone.contains(e.relatedTarget)) over(false); });
   zone.addEventListener("drop", (e) => {
-    e.preventDefault();
-    zone.classList.remove("over");
+    over(false);
     usePhoto(e.dataTransfer.files[0]);
   });
-  $("mask-form").addEventListener("submit", (e) => { e.preventDefault(); segment(); });
+  $("file").addEventListener("change", (e) => {
+    usePhoto(e.target.files[0]);
+    e.target.value = ""; // choosing the same file again is a change too
+  });
+}
+
+function wireMask() {
+  $("mask-form").addEventListener("submit", (e) => { e.preventDefault(); requestSegment(); });
   for (const id of ["threshold", "grow", "feather"]) {
     $(id).addEventListener("input", () => { form.showValue(id); resegmentSoon(); });
   }
@@ -388,30 +486,24 @@ function wire() {
   $("reset-mask").addEventListener("click", () => editor.reset());
   $("download-mask").addEventListener("click", downloadMask);
   $("show-mask").addEventListener("change", (e) => $("mask-canvas").classList.toggle("off", !e.target.checked));
+}
 
+function wireStyle() {
   $("style-form").addEventListener("submit", (e) => e.preventDefault());
   $("style-form").addEventListener("change", (e) => {
-    if (e.target.id === "style_scale") return;
-    if (!["prompt", "negative_prompt", "style"].includes(e.target.id)) rebuildPromptSoon();
+    if (!["prompt", "negative_prompt", "style", "style_scale"].includes(e.target.id)) rebuildPromptSoon();
   });
   $("details").addEventListener("input", rebuildPromptSoon);
   $("prompt").addEventListener("input", () => setPromptEdited(true));
   $("rebuild").addEventListener("click", () => { setPromptEdited(false); rebuildPrompt(); });
   $("style_scale").addEventListener("input", () => form.showValue("style_scale"));
+}
 
-  $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
-  $("cancel").addEventListener("click", cancel);
-  $("seed-new").addEventListener("click", () => { $("seed").value = form.randomSeed(); });
-  $("clear-history").addEventListener("click", () => { clearHistory(); renderHistory(reloadEntry); });
-
-  // an edited control loses its error mark
-  document.addEventListener("input", (e) => {
-    if (e.target.getAttribute?.("aria-invalid") === "true") form.clearError(e.target.getAttribute("aria-errormessage"));
-  });
+function wireKey() {
   $("key-button").addEventListener("click", () => {
-    const form_ = $("key-form");
-    if (form_.hidden) openKeyForm();
-    else { form_.hidden = true; $("key-button").setAttribute("aria-expanded", "false"); }
+    if ($("key-form").hidden) return openKeyForm();
+    $("key-form").hidden = true;
+    $("key-button").setAttribute("aria-expanded", "false");
   });
   $("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -421,6 +513,21 @@ function wire() {
     for (const box of ["generate-error", "mask-error", "style-error", "history-error"]) form.clearError(box);
     if (!state.vocabulary) loadVocabulary();
     if (!state.ready) waitReady();
+  });
+}
+
+function wire() {
+  wireDrop();
+  wireMask();
+  wireStyle();
+  wireKey();
+  $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
+  $("cancel").addEventListener("click", cancel);
+  $("seed-new").addEventListener("click", () => { $("seed").value = form.randomSeed(); });
+  $("clear-history").addEventListener("click", () => { clearHistory(); renderHistory(reloadEntry); });
+  // an edited control loses its error mark
+  document.addEventListener("input", (e) => {
+    if (e.target.getAttribute?.("aria-invalid") === "true") form.clearError(e.target.getAttribute("aria-errormessage"));
   });
   updateButtons();
 }
