@@ -142,7 +142,8 @@ async function usePhoto(file) {
     if (seq !== state.photoSeq) return prepared.bitmap.close(); // another photo came meanwhile
     setPhoto(prepared, prepared.bitmap);
     const scaled = prepared.scaledFrom ? ` (scaled down from ${prepared.scaledFrom[0]} × ${prepared.scaledFrom[1]})` : "";
-    $("photo-info").textContent = `Photo ${prepared.width} × ${prepared.height} px${scaled}, ${(prepared.blob.size / 1024).toFixed(0)} KB to upload.`;
+    const size = `${(prepared.blob.size / 1024).toFixed(0)} KB to upload`;
+    $("photo-info").textContent = `${file.name || "Photo"}: ${prepared.width} × ${prepared.height} px${scaled}, ${size}.`;
     clearResults();
     if ($("garment").value.trim() && state.ready) await requestSegment();
   } catch (err) {
