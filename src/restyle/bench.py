@@ -165,12 +165,13 @@ def train_table(figures: list[TrainFigure], env: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
-def write_section(doc: Path, body: str) -> None:
-    """Replace the text between the bench:train markers in `doc` (appending them if absent)."""
+def write_section(doc: Path, body: str, name: str = "train") -> None:
+    """Replace the text between the `<!-- bench:NAME -->` markers in `doc` (appending them if absent)."""
+    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     text = doc.read_text() if doc.exists() else "# Performance\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)

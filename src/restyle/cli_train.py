@@ -208,3 +208,55 @@ def bench_train(
     if write is not None:
         write_section(write, table)
         typer.echo(f"updated {write}")
+
+
+@bench_app.command("infer")
+def bench_infer(
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="sd2, sd15 (full size, random weights), small or tiny. Default: sd2 on a GPU, small on CPU."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, cpu, ...")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")] = "auto",
+    fast: Annotated[
+        str,
+        typer.Option(
+            help="restyle's speed-ups: channels_last, fuse_qkv, compile (comma-separated), all, or ''."
+        ),
+    ] = "channels_last,fuse_qkv",
+    repeats: Annotated[int | None, typer.Option(help="Timed runs per case (median reported).")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="Small sizes and few steps (the default without a GPU).")
+    ] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure here as JSON.")] = None,
+    write: Annotated[Path | None, typer.Option(help="Update this markdown file's inference section.")] = None,
+) -> None:
+    """Time the original recipe against restyle's path on the real architectures (random weights)."""
+    from dataclasses import replace
+
+    from restyle.bench import write_section
+    from restyle.inpaint.fast import FastOptions
+    from restyle.perf.archs import ARCHS
+    from restyle.perf.cases import BenchConfig
+    from restyle.perf.report import markdown, run_all, write_json
+    from restyle.runtime import resolve_device
+
+    FastOptions.parse(fast)
+    if arch is not None and arch not in (*ARCHS, "tiny"):
+        raise InvalidParameterError(
+            f"arch: unknown {arch!r}; choose from {', '.join((*ARCHS, 'tiny'))}", field="arch"
+        )
+    gpu = resolve_device(device).type == "cuda"
+    config = BenchConfig.for_cpu(arch or "small") if quick or not gpu else BenchConfig(arch=arch or "sd2")
+    config = replace(config, device=device, dtype=dtype, fast=fast, repeats=repeats or config.repeats)
+    result = run_all(config, log=lambda line: typer.echo(line, err=True))
+    table = markdown(result)
+    typer.echo(table)
+    if json_out is not None:
+        write_json(result, json_out)
+        typer.echo(f"wrote {json_out}")
+    if write is not None:
+        write_section(write, table, name="infer")
+        typer.echo(f"updated {write}")

@@ -49,6 +49,7 @@ class Restyler:
                 dtype=c.dtype,
                 attention_slicing=c.attention_slicing,
                 vae_tiling=c.vae_tiling,
+                fast=c.fast,
             )
         return self._inpainter
 

@@ -109,6 +109,9 @@ class Inpainter:
             raise ModelNotFoundError(f"style {name!r}: no such LoRA file or folder: {source}")
         kwargs = {"weight_name": source.name} if source.is_file() else {}
         folder = source.parent if source.is_file() else source
+        from restyle.inpaint.fast import unfuse
+
+        unfuse(self.pipe)  # adapters patch the separate q/k/v projections
         try:
             self.pipe.load_lora_weights(str(folder), adapter_name=name, **kwargs)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
@@ -141,12 +144,17 @@ class Inpainter:
         dtype: str = "auto",
         attention_slicing: bool = False,
         vae_tiling: bool = False,
+        fast: str | None = None,
     ) -> Inpainter:
         """Load a diffusers inpainting folder or hub id (local cache) onto `device`.
 
         On CUDA it runs in fp16 with PyTorch's scaled-dot-product (flash / memory-efficient) attention,
-        which diffusers uses by default; the two switches trade speed for memory on small GPUs.
+        which diffusers uses by default; the two switches trade speed for memory on small GPUs. `fast`
+        names speed-ups from `restyle.inpaint.fast` ("channels_last,fuse_qkv", "all"; none by default).
         """
+        from restyle.inpaint.fast import FastOptions, apply_fast
+
+        options = FastOptions.parse(fast)  # refuse a typo before the slow load
         from diffusers import StableDiffusionInpaintPipeline
 
         dev = resolve_device(device)
@@ -164,6 +172,7 @@ class Inpainter:
             pipe.enable_attention_slicing()
         if vae_tiling:
             pipe.vae.enable_tiling()
+        apply_fast(pipe, options)
         return cls(pipe, model_id)
 
     @property

@@ -1,0 +1,1 @@
+"""Inference benchmark: real architectures with random weights, the original recipe as the baseline."""

@@ -1,0 +1,206 @@
+"""The inference benchmark's harness on CPU: architectures, instruments, cases, report, CLI, speed-ups."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from restyle.errors import InvalidParameterError
+from restyle.inpaint.fast import FastOptions, apply_fast, unfuse
+from restyle.perf.archs import ARCHS, SD_VAE, parameter_count
+from restyle.perf.measure import StepClock, Timing, matmul_peak, time_fn, unet_flops
+
+
+def _meta_params(cls: Any, **kwargs: Any) -> int:
+    import torch
+
+    with torch.device("meta"):
+        return parameter_count(cls(**kwargs))
+
+
+@pytest.mark.parametrize(
+    ("arch", "unet", "text_m"),
+    # the published text-to-image UNets have 859,520,964 and 865,910,724 parameters; the inpainting
+    # ones add 5 input channels to conv_in: 5 x 320 x 3 x 3 = 14,400 more
+    [("sd15", 859_535_364, 123.06), ("sd2", 865_925_124, 340.39)],
+)
+def test_full_size_layouts_match_the_published_models(arch: str, unet: int, text_m: float) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    a = ARCHS[arch]
+    assert _meta_params(UNet2DConditionModel, **a.unet) == unet
+    text = CLIPTextConfig(**a.text, vocab_size=a.vocab_size, max_position_embeddings=77)
+    assert _meta_params(CLIPTextModel, config=text) / 1e6 == pytest.approx(text_m, abs=0.01)
+    assert _meta_params(AutoencoderKL, **SD_VAE) / 1e6 == pytest.approx(83.65, abs=0.01)
+    assert a.unet["in_channels"] == 9 and a.native == 512
+
+
+def test_clipseg_rd64_refined_layout() -> None:
+    import torch
+
+    from restyle.perf.archs import build_segmenter_model
+
+    with torch.device("meta"):
+        model, processor = build_segmenter_model(ARCHS["sd2"])
+    vision = model.config.vision_config
+    assert (vision.patch_size, vision.hidden_size, vision.num_hidden_layers) == (16, 768, 12)  # ViT-B/16
+    assert model.config.reduce_dim == 64 and model.config.use_complex_transposed_convolution
+    assert processor.image_processor.size == {"height": 352, "width": 352}  # CLIPSeg's input side
+
+
+def test_time_fn_takes_the_median_of_the_repeats() -> None:
+    calls = []
+    timing = time_fn(lambda: calls.append(1), "cpu", warmup=2, repeats=5)
+    assert len(calls) == 7 and len(timing.runs) == 5
+    assert Timing((1.0, 3.0, 2.0)).median == 2.0
+    assert Timing((1.0, 3.0, 2.0)).spread == 1.0
+
+
+def test_unet_flops_scale_with_batch_and_area(tiny_models: dict[str, Path]) -> None:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["inpainter"] / "unet")
+    one = unet_flops(unet, 1, (8, 8), seq_len=77)
+    assert one > 0
+    assert unet_flops(unet, 2, (8, 8), seq_len=77) == 2 * one  # every op is per sample
+    assert unet_flops(unet, 1, (16, 16), seq_len=77) > 3 * one  # convolutions grow with the area
+
+
+def test_matmul_peak_is_a_plausible_rate() -> None:
+    import torch
+
+    peak = matmul_peak("cpu", torch.float32, n=256, repeats=2)
+    assert 1e8 < peak < 1e14  # FLOP/s: above 0.1 GFLOP/s, below any CPU
+
+
+def test_step_clock_measures_between_steps() -> None:
+    import time
+
+    clock = StepClock("cpu")
+    for step in range(4):
+        clock.callback(None, step, None, {})
+        time.sleep(0.02)
+    assert 0.015 < clock.per_step() < 0.2
+    with pytest.raises(ValueError):
+        StepClock("cpu").per_step()
+
+
+def test_fast_options_parse_and_refuse() -> None:
+    assert FastOptions.parse("channels_last, fuse_qkv") == FastOptions(channels_last=True, fuse_qkv=True)
+    assert FastOptions.parse("all") == FastOptions(True, True, True)
+    assert FastOptions.parse("").label() == "plain"
+    with pytest.raises(InvalidParameterError, match="fast: unknown option"):
+        FastOptions.parse("channels_last,flash")
+
+
+def _run(inpainter: Any, photo: Any, mask: Any) -> np.ndarray:
+    from restyle.inpaint.params import StyleParams
+
+    params = StyleParams(prompt="a red linen skirt", steps=3, num_images=1, seed=5, size=64)
+    return np.asarray(inpainter.run(photo, mask, params).images[0], dtype=np.int16)
+
+
+def test_speedups_keep_the_output_and_lora_still_works(
+    tiny_models: dict[str, Path], tmp_path: Path, photo: Any, box_mask: Any
+) -> None:
+    from restyle.inpaint.pipeline import Inpainter
+    from restyle.models.tiny import build_tiny_lora
+
+    plain = Inpainter.from_pretrained(str(tiny_models["inpainter"]), device="cpu")
+    fast = Inpainter.from_pretrained(
+        str(tiny_models["inpainter"]), device="cpu", fast="channels_last,fuse_qkv"
+    )
+    assert fast.pipe.unet.original_attn_processors is not None  # fused
+    a, b = _run(plain, photo, box_mask), _run(fast, photo, box_mask)
+    assert np.abs(a - b).max() <= 2  # same computation, float rounding only
+    # a LoRA patches the separate q/k/v projections: loading one unfuses, and the style applies
+    lora = build_tiny_lora(tiny_models["inpainter"], tmp_path / "lora")
+    fast.load_style("s", str(lora))
+    plain.load_style("s", str(lora))
+    assert fast.pipe.unet.original_attn_processors is None
+    from restyle.inpaint.params import StyleParams
+
+    params = StyleParams(prompt="a red linen skirt", steps=3, num_images=1, seed=5, size=64)
+    styled_fast = np.asarray(fast.run(photo, box_mask, params, style="s").images[0], dtype=np.int16)
+    styled_plain = np.asarray(plain.run(photo, box_mask, params, style="s").images[0], dtype=np.int16)
+    assert np.abs(styled_fast - styled_plain).max() <= 2
+    assert np.abs(styled_fast - b).max() > 10  # the style changed the picture
+    unfuse(fast.pipe)  # idempotent
+
+
+def test_apply_fast_plain_changes_nothing(tiny_models: dict[str, Path]) -> None:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_models["inpainter"])
+    processors = dict(pipe.unet.attn_processors)
+    apply_fast(pipe, FastOptions())
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == {
+        k: type(v) for k, v in processors.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_bench() -> Any:
+    from restyle.perf.cases import Bench, BenchConfig
+
+    return Bench(BenchConfig.for_cpu("tiny"))
+
+
+def test_cases_time_both_recipes_on_the_same_inputs(tiny_bench: Any) -> None:
+    case = tiny_bench.case_end_to_end(1, with_mask=False)
+    assert case.images == 3 and case.baseline is not None
+    assert len(case.restyle.runs) == len(case.baseline.runs) == tiny_bench.config.repeats
+    assert case.speedup == pytest.approx(case.baseline.median / case.restyle.median)
+    photo, mask = __import__("restyle.perf.cases", fromlist=["sample_inputs"]).sample_inputs(192)
+    base = tiny_bench.run_baseline(photo, mask, 192, 2, 3)
+    mine = tiny_bench.run_restyle(photo, mask, 192, 2, 3)
+    assert [im.size for im in base] == [(192, 192)] * 3  # the original squashes to a square
+    assert [im.size for im in mine.images] == [photo.size] * 3  # restyle keeps the photo's shape
+
+
+def test_equivalence_and_loop_figures(tiny_bench: Any) -> None:
+    eq = tiny_bench.equivalence()
+    assert eq["psnr_db"] > 40 and eq["max_abs_diff"] <= 4
+    loop = tiny_bench.loop_efficiency(2)
+    assert loop["unet_flops_per_step"] > 0 and loop["fraction_of_peak"] > 0
+    assert loop["achieved_flops"] == pytest.approx(loop["unet_flops_per_step"] / loop["s_per_step"])
+
+
+def test_segmentation_and_host_cases(tiny_bench: Any) -> None:
+    assert tiny_bench.case_segment().restyle.median > 0
+    host = tiny_bench.case_host()
+    assert host.baseline is None and len(host.restyle.runs) >= 5
+
+
+def test_cli_writes_json_and_its_own_section(tmp_path: Path) -> None:
+    from restyle.cli import app
+
+    doc = tmp_path / "PERFORMANCE.md"
+    doc.write_text("# Performance\n\n<!-- bench:train -->\nkeep me\n<!-- /bench:train -->\n")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app, ["bench", "infer", "--arch", "tiny", "--repeats", "1", "--json", str(out), "--write", str(doc)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    names = [c["name"] for c in data["cases"]]
+    assert any(n.startswith("mask + 1 image") for n in names) and any(n.startswith("3 images") for n in names)
+    assert any(n.startswith("batch 2") for n in names) and any("segmentation" in n for n in names)
+    assert data["environment"]["torch"] and data["equivalence"]["psnr_db"] > 40
+    text = doc.read_text()
+    assert "keep me" in text and "<!-- bench:infer -->" in text and "| case |" in text
+
+
+def test_cli_refuses_unknown_arch_and_fast() -> None:
+    from restyle.cli import app
+
+    bad = CliRunner().invoke(app, ["bench", "infer", "--arch", "sd3"])
+    assert isinstance(bad.exception, InvalidParameterError) and "arch: unknown 'sd3'" in str(bad.exception)
+    bad = CliRunner().invoke(app, ["bench", "infer", "--arch", "tiny", "--fast", "flash"])
+    assert isinstance(bad.exception, InvalidParameterError) and "fast: unknown option" in str(bad.exception)
