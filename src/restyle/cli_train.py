@@ -258,5 +258,8 @@ def bench_infer(
         write_json(result, json_out)
         typer.echo(f"wrote {json_out}")
     if write is not None:
-        write_section(write, table, name="infer")
+        write_section(write, table, name=f"infer-{config.arch}")  # one section per model layout
         typer.echo(f"updated {write}")
+    if not result["equivalence"]["passed"]:
+        typer.echo("equivalence FAILED: the fast path's images differ from the plain pipeline's", err=True)
+        raise typer.Exit(1)

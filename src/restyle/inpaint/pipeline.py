@@ -111,6 +111,10 @@ class Inpainter:
         folder = source.parent if source.is_file() else source
         from restyle.inpaint.fast import unfuse
 
+        if hasattr(self.pipe.unet, "_orig_mod"):  # diffusers' adapter switches skip a compiled UNet
+            raise ModelLoadError(
+                f"style {name!r}: LoRA styles cannot be used with fast=compile; leave compile out of --fast"
+            )
         unfuse(self.pipe)  # adapters patch the separate q/k/v projections
         try:
             self.pipe.load_lora_weights(str(folder), adapter_name=name, **kwargs)
@@ -155,6 +159,12 @@ class Inpainter:
         from restyle.inpaint.fast import FastOptions, apply_fast
 
         options = FastOptions.parse(fast)  # refuse a typo before the slow load
+        if options.fuse_qkv and attention_slicing:
+            raise InvalidParameterError(
+                "fast: fuse_qkv replaces the sliced attention processors; use one of fuse_qkv and "
+                "attention_slicing",
+                field="fast",
+            )
         from diffusers import StableDiffusionInpaintPipeline
 
         dev = resolve_device(device)

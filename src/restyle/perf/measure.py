@@ -20,7 +20,8 @@ class Timing:
     """Seconds of each measured run; the median is the figure reported."""
 
     runs: tuple[float, ...]
-    peak_bytes: int | None = None  # CUDA: peak allocated during the runs; CPU: None (see process_peak_rss)
+    peak_bytes: int | None = None  # CUDA: peak allocated during the runs above what was resident before
+    # (the loaded models); CPU: None (see process_peak_rss)
 
     @property
     def median(self) -> float:
@@ -39,31 +40,73 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], Any], device: Any, *, warmup: int = 1, repeats: int = 3) -> Timing:
-    """Run `fn` warmup + repeats times; time the repeats (CUDA events on GPU)."""
+def _is_cuda(device: Any) -> bool:
+    return getattr(device, "type", device) == "cuda"
+
+
+def _once(fn: Callable[[], Any], device: Any) -> float:
+    """Seconds of one call; on CUDA between two events, so queued kernels are included."""
     import torch
 
-    cuda = getattr(device, "type", device) == "cuda"
+    if _is_cuda(device):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class _Peak:
+    """CUDA memory allocated at the peak of the runs, above what was resident when they began."""
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.cuda = _is_cuda(device)
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.resident = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+
+    def bytes(self) -> int | None:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated() - self.resident) if self.cuda else None
+
+
+def time_fn(fn: Callable[[], Any], device: Any, *, warmup: int = 1, repeats: int = 3) -> Timing:
+    """Run `fn` warmup + repeats times; time the repeats (CUDA events on GPU)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    runs = []
+    peak = _Peak(device)
+    runs = tuple(_once(fn, device) for _ in range(repeats))
+    return Timing(runs, peak.bytes())
+
+
+def time_pair(
+    a: Callable[[], Any], b: Callable[[], Any], device: Any, *, warmup: int = 1, repeats: int = 3
+) -> tuple[Timing, Timing]:
+    """Time two recipes in alternation (a, b, a, b, ...), so drift and clocks favour neither."""
+    for _ in range(warmup):
+        a()
+        b()
+    synchronize(device)
+    runs: tuple[list[float], list[float]] = ([], [])
+    peaks: list[int | None] = [None, None]
+    if _is_cuda(device):
+        for i, fn in enumerate((a, b)):
+            peak = _Peak(device)
+            fn()  # one run of each alone for its memory peak, outside the timed runs
+            peaks[i] = peak.bytes()
     for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            runs.append(start.elapsed_time(end) / 1000.0)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - t0)
-    peak = int(torch.cuda.max_memory_allocated()) if cuda else None
-    return Timing(tuple(runs), peak)
+        runs[0].append(_once(a, device))
+        runs[1].append(_once(b, device))
+    return Timing(tuple(runs[0]), peaks[0]), Timing(tuple(runs[1]), peaks[1])
 
 
 def process_peak_rss() -> int:
@@ -87,21 +130,28 @@ def matmul_peak(device: Any, dtype: Any, *, n: int | None = None, repeats: int =
             torch.mm(a, b)
 
     timing = time_fn(run, device, warmup=1, repeats=repeats)
-    return 2.0 * n**3 * loops / min(timing.runs)
+    return 2.0 * n**3 * loops / timing.median  # the median, like every other figure it is compared with
 
 
 def unet_flops(unet: Any, batch: int, latent_hw: tuple[int, int], seq_len: int = 77) -> int:
-    """FLOPs of one UNet call (torch's FlopCounterMode: matmuls and convolutions), on the UNet's device."""
+    """FLOPs of one UNet call (torch's FlopCounterMode: matmuls, convolutions, attention).
+
+    Counted on a copy of the UNet on the meta device: no memory, no compute, the same count on every
+    machine (on a real CPU the fused attention kernel has no FLOP formula and would count as 0).
+    """
     import torch
+    from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    p = next(unet.parameters())
-    h, w = latent_hw
-    sample = torch.randn(batch, unet.config.in_channels, h, w, device=p.device, dtype=p.dtype)
-    context = torch.randn(batch, seq_len, unet.config.cross_attention_dim, device=p.device, dtype=p.dtype)
-    timestep = torch.tensor([500] * batch, device=p.device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(sample, timestep, encoder_hidden_states=context)
+    config = getattr(unet, "_orig_mod", unet).config
+    with torch.device("meta"):
+        model = UNet2DConditionModel.from_config(config)
+        h, w = latent_hw
+        sample = torch.randn(batch, config.in_channels, h, w)
+        context = torch.randn(batch, seq_len, config.cross_attention_dim)
+        timestep = torch.full((batch,), 500)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(sample, timestep, encoder_hidden_states=context)
     return int(counter.get_total_flops())
 
 
