@@ -14,6 +14,17 @@ TINY_SEED = 0
 TINY_IMAGE_SIZE = 64  # CLIPSeg input side and inpainter native size of the tiny models
 CLIPSEG_MEAN = (0.485, 0.456, 0.406)  # the normalisation CLIPSeg was trained with
 CLIPSEG_STD = (0.229, 0.224, 0.225)
+SD_SCHEDULER = (
+    dict(  # EulerDiscreteScheduler as Stable Diffusion's inpainting models (and the original) set it
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+    )
+)
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -131,15 +142,7 @@ def build_tiny_inpainter(out: Path, seed: int = TINY_SEED) -> Path:
     )
     tokenizer = build_tiny_tokenizer()
     text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config_kwargs(tokenizer), projection_dim=32))
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(**SD_SCHEDULER)
     pipe = StableDiffusionInpaintPipeline(
         vae=vae,
         text_encoder=text_encoder,

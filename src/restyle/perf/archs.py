@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from restyle.models.tiny import SD_SCHEDULER
+
 SD_VAE = dict(  # the SD 1.x / 2.x autoencoder (83 M parameters, 8x downsampling, 4 latent channels)
     block_out_channels=(128, 256, 512, 512),
     down_block_types=("DownEncoderBlock2D",) * 4,
@@ -17,15 +19,6 @@ SD_VAE = dict(  # the SD 1.x / 2.x autoencoder (83 M parameters, 8x downsampling
     layers_per_block=2,
     latent_channels=4,
     sample_size=512,
-)
-SD_SCHEDULER = dict(  # EulerDiscreteScheduler as the original recipe sets it up
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    steps_offset=1,
-    prediction_type="epsilon",
-    timestep_spacing="leading",
 )
 
 
