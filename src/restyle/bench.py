@@ -16,10 +16,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from restyle.train.tracking import read_log
 
-BEGIN, END = "<!-- bench:train -->", "<!-- /bench:train -->"
+
+def markers(name: str) -> tuple[str, str]:
+    """The comments around a benchmark's section of docs/PERFORMANCE.md."""
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+BEGIN, END = markers("train")
 
 
 @dataclass
@@ -124,19 +131,24 @@ def environment(base: str, resolution: int) -> dict[str, str]:
     import torch
     import transformers
 
-    device = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    )
     return {
-        "device": device,
+        "device": device_label(),
         "base": base,
         "resolution": str(resolution),
         "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
         f"transformers {transformers.__version__}, accelerate {accelerate.__version__}, "
         f"python {platform.python_version()}" + _bnb_version(),
     }
+
+
+def device_label(device: Any = None) -> str:
+    """The GPU's name, or the CPU's architecture and torch's thread count (`device` None: cuda if present)."""
+    import torch
+
+    cuda = torch.cuda.is_available() if device is None else getattr(device, "type", device) == "cuda"
+    if cuda:
+        return torch.cuda.get_device_name(device if device is not None else 0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _bnb_version() -> str:
@@ -167,7 +179,7 @@ def train_table(figures: list[TrainFigure], env: dict[str, str]) -> str:
 
 def write_section(doc: Path, body: str, name: str = "train") -> None:
     """Replace the text between the `<!-- bench:NAME -->` markers in `doc` (appending them if absent)."""
-    begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    begin, end = markers(name)
     text = doc.read_text() if doc.exists() else "# Performance\n"
     block = f"{begin}\n{body}\n{end}"
     if begin in text and end in text:

@@ -71,16 +71,12 @@ def environment(bench: Bench) -> dict[str, str]:
     import torch
     import transformers
 
+    from restyle.bench import device_label
     from restyle.perf.archs import parameter_count
 
-    device = bench.device
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     return {
-        "device": name,
-        "device_type": device.type,
+        "device": device_label(bench.device),
+        "device_type": bench.device.type,
         "dtype": str(bench.dtype).removeprefix("torch."),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

@@ -13,6 +13,7 @@ export class MaskEditor {
     this.ctx = maskCanvas.getContext("2d", { willReadFrequently: true });
     this.cursor = cursor;
     this.onChange = onChange;
+    this.hasPhoto = false;
     this.base = null; // canvas holding the segmenter's mask (alpha), or null: empty
     this.strokes = [];
     this.current = null;
