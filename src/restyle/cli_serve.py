@@ -52,6 +52,10 @@ def serve(
     queue_size: Annotated[
         int, typer.Option(help="Requests waiting beyond the running one; more get 503.")
     ] = 4,
+    max_batch: Annotated[
+        int,
+        typer.Option(help="Images of waiting same-shape requests denoised in one batch (1: each alone)."),
+    ] = 8,
     timeout: Annotated[float, typer.Option(help="Per-request limit in seconds (queue wait + run).")] = 300.0,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Where results and job records are kept.")
@@ -68,6 +72,7 @@ def serve(
     _quiet()
     for name, value, low in (
         ("queue-size", queue_size, 1),
+        ("max-batch", max_batch, 1),
         ("port", port, 1),
         ("max-body-mb", max_body_mb, 0.001),
     ):
@@ -91,6 +96,7 @@ def serve(
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_pixels=max_pixels,
         queue_size=queue_size,
+        max_batch=max_batch,
         timeout_s=timeout,
         output_dir=output,
         loras=loras,

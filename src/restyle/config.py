@@ -25,9 +25,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu; or fp32/fp16/bf16
     attention_slicing: bool = False  # lower peak memory on small GPUs, a little slower
     vae_tiling: bool = False  # decode large images in tiles on small GPUs
-    fast: str = (
-        ""  # speed-ups: channels_last, fuse_qkv, compile (comma-separated) or "all"; see PERFORMANCE.md
-    )
+    fast: str = ""  # speed-ups: channels_last, fuse_qkv, compile, buckets (comma-separated) or "all"
 
 
 def config_file() -> Path:

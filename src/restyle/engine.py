@@ -5,13 +5,13 @@ Used by the CLI and (later) the server; models load once, on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from PIL import Image
 
 from restyle.config import ModelConfig
 from restyle.inpaint.params import StyleParams
-from restyle.inpaint.pipeline import Inpainter, Progress, StyleResult
+from restyle.inpaint.pipeline import Inpainter, Prepared, Progress, StyleResult
 from restyle.models.tiny import is_tiny
 from restyle.segment import BaseSegmenter, MaskParams, MaskResult, load_segmenter
 from restyle.segment.ops import feather, grow
@@ -64,6 +64,51 @@ class Restyler:
         """Text to mask (see BaseSegmenter.segment)."""
         return self.segmenter.segment(image, garment, protect=protect, params=params)
 
+    def prepare(
+        self,
+        image: Image.Image,
+        params: StyleParams,
+        *,
+        garment: str | list[str] | None = None,
+        mask: Image.Image | None = None,
+        protect: list[str] | None = None,
+        mask_params: MaskParams | None = None,
+        style: str | None = None,
+        style_scale: float = 1.0,
+    ) -> tuple[Prepared, MaskResult | None]:
+        """Mask from `garment` text (or the given `mask`) and cut the working crop; no denoising yet.
+
+        A given mask is used as is except for `mask_params.grow` / `.feather` when mask_params is passed.
+        Denoise with `self.inpainter.run_batch([prepared, ...])`, alone or with others of the same key.
+
+        Returns:
+            (Prepared, MaskResult or None when a mask was given).
+        """
+        from restyle.errors import InvalidParameterError
+
+        if (garment is None) == (mask is None):
+            raise InvalidParameterError(
+                "garment/mask: give exactly one of a garment text or a mask image", field="garment"
+            )
+        params.check()
+        mask_result = None
+        if mask is None:
+            assert garment is not None
+            mask_result = self.mask(image, garment, protect=protect, params=mask_params)
+            mask = mask_result.mask
+        elif mask_params is not None:
+            mask = refine_given_mask(mask, mask_params)
+        extra = {
+            "mask_prompts": list(mask_result.prompts) if mask_result else [],
+            "protect": list(mask_result.protect) if mask_result else [],
+            "segmenter": self.config.segmenter if mask_result else None,
+            "preview": self.preview,
+        }
+        prepared = self.inpainter.prepare(
+            image, mask, params, style=style, style_scale=style_scale, extra=extra
+        )
+        return prepared, mask_result
+
     def style(
         self,
         image: Image.Image,
@@ -74,38 +119,26 @@ class Restyler:
         protect: list[str] | None = None,
         mask_params: MaskParams | None = None,
         progress: Progress | None = None,
-        **run_kwargs: Any,
+        cancel: Callable[[], bool] | None = None,
+        style: str | None = None,
+        style_scale: float = 1.0,
     ) -> tuple[StyleResult, MaskResult | None]:
-        """Restyle `image`: mask from `garment` text, or the given `mask`, then inpaint.
-
-        A given mask is used as is except for `mask_params.grow` / `.feather` when mask_params is passed.
+        """Restyle `image`: mask from `garment` text, or the given `mask`, then inpaint (see `prepare`).
 
         Returns:
             (StyleResult, MaskResult or None when a mask was given).
         """
-        from restyle.errors import InvalidParameterError
-
-        if (garment is None) == (mask is None):
-            raise InvalidParameterError(
-                "garment/mask: give exactly one of a garment text or a mask image", field="garment"
-            )
-        mask_result = None
-        if mask is None:
-            assert garment is not None
-            mask_result = self.mask(image, garment, protect=protect, params=mask_params)
-            mask = mask_result.mask
-        elif mask_params is not None:
-            mask = refine_given_mask(mask, mask_params)
-        params.check()
-        result = self.inpainter.run(image, mask, params, progress=progress, **run_kwargs)
-        result.extra.update(
-            {
-                "mask_prompts": list(mask_result.prompts) if mask_result else [],
-                "protect": list(mask_result.protect) if mask_result else [],
-                "segmenter": self.config.segmenter if mask_result else None,
-                "preview": self.preview,
-            }
+        prepared, mask_result = self.prepare(
+            image,
+            params,
+            garment=garment,
+            mask=mask,
+            protect=protect,
+            mask_params=mask_params,
+            style=style,
+            style_scale=style_scale,
         )
+        result = self.inpainter.run_batch([prepared], progress=progress, cancel=cancel)[0]
         return result, mask_result
 
 

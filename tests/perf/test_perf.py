@@ -99,7 +99,8 @@ def test_step_clock_measures_between_steps() -> None:
 
 def test_fast_options_parse_and_refuse() -> None:
     assert FastOptions.parse("channels_last, fuse_qkv") == FastOptions(channels_last=True, fuse_qkv=True)
-    assert FastOptions.parse("all") == FastOptions(True, True, True)
+    assert FastOptions.parse("all") == FastOptions(True, True, True, True)
+    assert FastOptions.parse("buckets").label() == "buckets"
     assert FastOptions.parse("").label() == "plain"
     with pytest.raises(InvalidParameterError, match="fast: unknown option"):
         FastOptions.parse("channels_last,flash")

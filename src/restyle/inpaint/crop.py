@@ -58,6 +58,25 @@ def prepare_crop(
     return work_image, work_mask, size
 
 
+def pad_to_bucket(image: Image.Image, mask: Image.Image, bucket: int) -> tuple[Image.Image, Image.Image]:
+    """Pad a working crop on the right and bottom to multiples of `bucket` pixels (no-op for 0).
+
+    Requests then share a few fixed shapes (what batching and a compiled UNet need) without stretching
+    the photo. The padding repeats the crop's edge pixels and is never repainted (mask 0); the caller
+    cuts the generated image back to the crop's own size.
+    """
+    w, h = image.size
+    if bucket <= 0:
+        return image, mask
+    bw, bh = -(-w // bucket) * bucket, -(-h // bucket) * bucket  # ceil to the bucket
+    if (bw, bh) == (w, h):
+        return image, mask
+    pixels = np.pad(np.asarray(image.convert("RGB")), ((0, bh - h), (0, bw - w), (0, 0)), mode="edge")
+    padded_mask = Image.new("L", (bw, bh), 0)
+    padded_mask.paste(mask, (0, 0))
+    return Image.fromarray(pixels, mode="RGB"), padded_mask
+
+
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image, box: Box) -> Image.Image:
     """Blend the generated crop into the original with the soft mask as alpha.
 

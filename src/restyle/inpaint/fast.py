@@ -12,7 +12,7 @@ from typing import Any
 
 from restyle.errors import InvalidParameterError
 
-FAST_OPTIONS = ("channels_last", "fuse_qkv", "compile")
+FAST_OPTIONS = ("channels_last", "fuse_qkv", "compile", "buckets")
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class FastOptions:
     channels_last: bool = False  # NHWC convolutions: faster cuDNN kernels on tensor-core GPUs
     fuse_qkv: bool = False  # one projection matmul for q, k, v (k, v in cross-attention) instead of three
     compile: bool = False  # torch.compile the UNet (first call per shape compiles: warm up before serving)
+    buckets: bool = False  # pad crops to multiples of 64 px: fewer shapes to compile, more requests batch
 
     @classmethod
     def parse(cls, text: str | None) -> FastOptions:

@@ -19,11 +19,12 @@ from restyle.errors import (
     ModelNotFoundError,
     RestyleError,
 )
-from restyle.inpaint.crop import Box, composite, crop_box, prepare_crop
+from restyle.inpaint.crop import Box, composite, crop_box, pad_to_bucket, prepare_crop
 from restyle.inpaint.params import MAX_SEED, SCHEDULERS, StyleParams
 from restyle.models.hub import load_pretrained
 from restyle.runtime import resolve_device, resolve_dtype
 
+BUCKET = 64  # shape bucket (pixels): at 512 px, 8 crop widths x 8 heights instead of 64 x 64
 Progress = Callable[[int, int], None]  # (step done, total steps)
 
 
@@ -46,6 +47,7 @@ class StyleResult:
     model_id: str
     elapsed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # caller's metadata (mask prompts, ...)
+    batch: int = 1  # requests denoised together with this one (1: alone)
 
     def metadata(self, index: int) -> dict[str, Any]:
         """Everything that made image `index`, JSON-ready."""
@@ -64,6 +66,42 @@ class StyleResult:
             "size": list(self.images[index].size),
             **self.extra,
         }
+
+
+@dataclass
+class Prepared:
+    """One checked request cut to its working crop: ready to denoise alone or in a batch of its `key`."""
+
+    image: Image.Image  # the full photo (RGB)
+    mask: Image.Image  # the compositing mask (L)
+    params: StyleParams
+    box: Box  # the region to inpaint, in photo pixels
+    work_image: Image.Image  # the crop at working size, padded to the shape bucket
+    work_mask: Image.Image  # binary, same size as work_image
+    work_size: tuple[int, int]  # the crop's own working size (work_image minus its padding)
+    seeds: list[int]
+    style: str | None = None
+    style_scale: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    prepare_s: float = 0.0
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What requests must share to be denoised in one batch: shape, sampler settings and style."""
+        p = self.params
+        return (
+            self.work_image.size,
+            p.steps,
+            p.guidance,
+            p.scheduler,
+            p.strength,
+            self.style,
+            self.style_scale,
+        )
+
+    @property
+    def num_images(self) -> int:
+        return self.params.num_images
 
 
 def draw_seeds(params: StyleParams) -> list[int]:
@@ -88,6 +126,7 @@ class Inpainter:
         self._base_scheduler = pipe.scheduler
         self._schedulers: dict[str, Any] = {}
         self.styles: dict[str, str] = {}  # LoRA adapter name -> where it was loaded from
+        self.bucket = 0  # pad working crops to multiples of this many pixels (0: exact crop size)
         pipe.set_progress_bar_config(disable=True)
 
     def load_style(self, name: str, path: str) -> None:
@@ -124,18 +163,22 @@ class Inpainter:
             ) from err
         self.styles[name] = str(source)
 
-    def _select_style(self, style: str | None, scale: float) -> None:
+    def _check_style(self, style: str | None) -> None:
+        if style is None or style in self.styles:
+            return
         if not self.styles:
-            if style is not None:
-                raise InvalidParameterError(f"style: unknown {style!r}; no styles are loaded", field="style")
+            raise InvalidParameterError(f"style: unknown {style!r}; no styles are loaded", field="style")
+        raise InvalidParameterError(
+            f"style: unknown {style!r}; loaded styles: {', '.join(sorted(self.styles))}", field="style"
+        )
+
+    def _select_style(self, style: str | None, scale: float) -> None:
+        self._check_style(style)
+        if not self.styles:
             return
         if style is None:
             self.pipe.disable_lora()
             return
-        if style not in self.styles:
-            raise InvalidParameterError(
-                f"style: unknown {style!r}; loaded styles: {', '.join(sorted(self.styles))}", field="style"
-            )
         self.pipe.enable_lora()
         self.pipe.set_adapters([style], adapter_weights=[scale])
 
@@ -183,7 +226,9 @@ class Inpainter:
         if vae_tiling:
             pipe.vae.enable_tiling()
         apply_fast(pipe, options)
-        return cls(pipe, model_id)
+        inpainter = cls(pipe, model_id)
+        inpainter.bucket = BUCKET if options.buckets or options.compile else 0
+        return inpainter
 
     @property
     def native_size(self) -> int:
@@ -225,8 +270,21 @@ class Inpainter:
         Returns:
             StyleResult with `params.num_images` images of the input's size.
         """
-        import torch
+        prepared = self.prepare(image, mask, params, style=style, style_scale=style_scale)
+        return self.run_batch([prepared], progress=progress, cancel=cancel)[0]
 
+    def prepare(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        params: StyleParams,
+        *,
+        style: str | None = None,
+        style_scale: float = 1.0,
+        extra: dict[str, Any] | None = None,
+    ) -> Prepared:
+        """Check a request and cut its working crop; no model runs yet (see `run_batch`)."""
+        started = time.perf_counter()
         # 1. Check inputs
         params.check()
         if mask.size != image.size:
@@ -240,21 +298,62 @@ class Inpainter:
             raise InvalidImageError(
                 "mask: the mask is empty (all black); there is nothing to repaint", field="mask"
             )
-        started = time.perf_counter()
-        # 2. Region to inpaint, at the model's working size
-        long_side = params.size or self.native_size
-        box = crop_box(mask, long_side, params.context) if params.crop else (0, 0, *image.size)
-        work_image, work_mask, work_size = prepare_crop(image, mask, box, long_side)
-        # 3. Seeds: one CPU generator per image, so a seed gives the same image on any device
-        seeds = draw_seeds(params)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        # 4. Denoise
         if not 0.0 <= style_scale <= 2.0:
             raise InvalidParameterError(
                 f"style_scale: {style_scale} is out of range [0, 2]", field="style_scale"
             )
-        self._select_style(style, style_scale)
-        self.pipe.scheduler = self._scheduler(params.scheduler)
+        self._check_style(style)
+        # 2. Region to inpaint, at the model's working size (padded to a shape bucket when asked)
+        long_side = params.size or self.native_size
+        box = crop_box(mask, long_side, params.context) if params.crop else (0, 0, *image.size)
+        work_image, work_mask, work_size = prepare_crop(image, mask, box, long_side)
+        work_image, work_mask = pad_to_bucket(work_image, work_mask, self.bucket)
+        return Prepared(
+            image=image,
+            mask=mask,
+            params=params,
+            box=box,
+            work_image=work_image,
+            work_mask=work_mask,
+            work_size=work_size,
+            seeds=draw_seeds(params),
+            style=style,
+            style_scale=style_scale if style else 1.0,
+            extra=dict(extra or {}),
+            prepare_s=time.perf_counter() - started,
+        )
+
+    def run_batch(
+        self,
+        items: list[Prepared],
+        *,
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> list[StyleResult]:
+        """Denoise prepared requests of one `key` together: one UNet batch for all their images.
+
+        Each image keeps its own seed's CPU generator and its request's prompt, photo and mask, so a
+        seed gives the same image alone or in a batch (up to floating-point rounding of the batch size).
+
+        Returns:
+            One StyleResult per item, in order.
+        """
+        import torch
+
+        if not items:
+            return []
+        if len({p.key for p in items}) > 1:
+            raise ValueError(
+                "run_batch: items of different keys (size, steps, sampler or style) cannot share a batch"
+            )
+        started = time.perf_counter()
+        first = items[0]
+        self._select_style(first.style, first.style_scale)
+        self.pipe.scheduler = self._scheduler(first.params.scheduler)
+        # 3. One entry per output image: its request's prompt, photo, mask; one CPU generator per seed
+        counts = [p.params.num_images for p in items]
+        expand = [p for p in items for _ in range(p.params.num_images)]
+        generators = [torch.Generator("cpu").manual_seed(s) for p in items for s in p.seeds]
 
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
             if progress is not None:
@@ -263,34 +362,67 @@ class Inpainter:
                 pipe._interrupt = True
             return kwargs
 
+        # 4. Denoise
+        width, height = first.work_image.size
         out = self.pipe(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or None,
-            image=work_image,
-            mask_image=work_mask,
-            width=work_size[0],
-            height=work_size[1],
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance,
-            strength=params.strength,
-            num_images_per_prompt=params.num_images,
+            prompt=[p.params.prompt for p in expand],
+            negative_prompt=[p.params.negative_prompt for p in expand],
+            image=[p.work_image for p in expand],
+            mask_image=[p.work_mask for p in expand],
+            masked_image_latents=self._masked_latents(items, counts),
+            width=width,
+            height=height,
+            num_inference_steps=first.params.steps,
+            guidance_scale=first.params.guidance,
+            strength=first.params.strength,
+            num_images_per_prompt=1,
             generator=generators,
             callback_on_step_end=on_step,
         )
         if getattr(self.pipe, "_interrupt", False):
             raise CancelledError("generation cancelled")
         # 5. Composite back: pixels outside the mask are the input's own bytes
-        images = [composite(image, gen, mask, box) for gen in out.images]
+        run_s = time.perf_counter() - started
+        results, offset = [], 0
+        for p, n in zip(items, counts, strict=True):
+            generated = [img.crop((0, 0, *p.work_size)) for img in out.images[offset : offset + n]]
+            offset += n
+            results.append(self._result(p, generated, run_s, len(items)))
+        return results
+
+    def _masked_latents(self, items: list[Prepared], counts: list[int]) -> Any:
+        """The photo outside the mask in latent space: one VAE encode per request, not per image.
+
+        It is the VAE posterior's mean, so no generator is drawn from: each image's seed feeds only its own
+        noise, alone or in any batch. (diffusers would encode every image and sample with its generator.)
+        """
+        import torch
+
+        pipe = self.pipe
+        width, height = items[0].work_image.size
+        pixels = pipe.image_processor.preprocess([p.work_image for p in items], height=height, width=width)
+        keep = pipe.mask_processor.preprocess([p.work_mask for p in items], height=height, width=width) < 0.5
+        vae = pipe.vae
+        masked = (pixels * keep).to(device=pipe._execution_device, dtype=vae.dtype)  # (R, 3, H, W)
+        with torch.no_grad():
+            latents = vae.encode(masked).latent_dist.mode() * vae.config.scaling_factor  # (R, 4, H/8, W/8)
+        return torch.repeat_interleave(latents, torch.tensor(counts, device=latents.device), dim=0)
+
+    def _result(self, p: Prepared, generated: list[Image.Image], run_s: float, batch: int) -> StyleResult:
+        extra = dict(p.extra)
+        if p.style:
+            extra.update({"style": p.style, "style_scale": p.style_scale})
         return StyleResult(
-            images=images,
-            seeds=seeds,
-            mask=mask,
-            box=box,
-            work_size=work_size,
-            params=params,
+            images=[composite(p.image, gen, p.mask, p.box) for gen in generated],
+            seeds=p.seeds,
+            mask=p.mask,
+            box=p.box,
+            work_size=p.work_size,
+            params=p.params,
             model_id=self.model_id,
-            elapsed_s=time.perf_counter() - started,
-            extra={"style": style, "style_scale": style_scale} if style else {},
+            elapsed_s=p.prepare_s + run_s,
+            extra=extra,
+            batch=batch,
         )
 
 

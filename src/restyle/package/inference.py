@@ -20,12 +20,7 @@ if (_HERE / "restyle").is_dir():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the archive: never reach for the hub
 
 from restyle.errors import InvalidParameterError  # noqa: E402
-from restyle.serve.handler import (  # noqa: E402
-    Service,
-    encode_invocation,
-    invocation_format,
-    parse,
-)
+from restyle.serve.handler import Service, parse  # noqa: E402
 from restyle.serve.schemas import InvocationRequest  # noqa: E402
 
 JSON = "application/json"
@@ -71,8 +66,7 @@ def input_fn(input_data: bytes | str, content_type: str = JSON, context: Any = N
 def predict_fn(data: dict[str, Any], model: Service, context: Any = None) -> dict[str, Any]:
     """Validate the payload (the original contract) and run it; returns the JSON-ready response."""
     req = parse(InvocationRequest, data)
-    result = model.run_invocation(req)
-    return encode_invocation(result, invocation_format(req, None))
+    return model.invoke(req)
 
 
 def output_fn(prediction: dict[str, Any], accept: str = JSON, context: Any = None) -> str:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from restyle.errors import RestyleError
 from restyle.images import MAX_PIXELS
+from restyle.inpaint.params import MAX_IMAGES
 from restyle.serve import routes
 from restyle.serve.handler import Service, as_error, describe_errors
 from restyle.serve.jobs import JobStore, QueueFullError, Worker
@@ -38,6 +39,7 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY  # request bodies above this get 413
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image size limit (width x height)
     queue_size: int = 4  # image requests waiting beyond the running one; more get 503 + Retry-After
+    max_batch: int = MAX_IMAGES  # images of waiting same-shape requests denoised in one batch; 1: alone
     timeout_s: float = 300.0  # a request (queue wait + run) taking longer is cancelled with 504
     output_dir: Path | None = Path("out/serve")  # results, masks and job records; None keeps nothing
     loras: tuple[tuple[str, str], ...] = ()  # (name, path) styles loaded at start
@@ -64,7 +66,7 @@ def create_app(
     meanwhile); the default resolves the configured models or the tiny-model preview."""
     settings = settings or ServerSettings()
     store = JobStore(settings.output_dir)
-    worker = Worker(settings.queue_size, on_end=store.record)
+    worker = Worker(settings.queue_size, on_end=store.record, max_batch=settings.max_batch)
     state = ServerState(settings, worker, store)
     factory = service_factory or default_service_factory
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from restyle.engine import Restyler
 from restyle.errors import InvalidImageError, InvalidParameterError, RestyleError
 from restyle.images import MAX_PIXELS, image_to_bytes, load_image, load_mask
 from restyle.inpaint.params import StyleParams
-from restyle.inpaint.pipeline import Progress, StyleResult
+from restyle.inpaint.pipeline import Prepared, Progress, StyleResult
 from restyle.outputs import png_info, save_png, save_result
 from restyle.prompts import DEFAULT_NEGATIVE, DEFAULT_PROTECT, Prompt, build_prompt
 from restyle.segment import MaskParams, MaskResult
@@ -144,6 +145,26 @@ def request_prompt(req: PromptFields) -> Prompt:
     )
 
 
+@dataclass
+class Pending:
+    """A request decoded, masked and cropped, waiting for its denoising run.
+
+    Requests with equal `key`s can share one batch (`Service.run_batch`); `finish` turns the request's
+    StyleResult into its answer (saving its files first).
+    """
+
+    prepared: Prepared
+    finish: Callable[[StyleResult], Any]
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return self.prepared.key
+
+    @property
+    def num_images(self) -> int:
+        return self.prepared.num_images
+
+
 class Service:
     """Loaded models plus the request logic. Not thread-safe: the server calls it from one worker."""
 
@@ -200,15 +221,11 @@ class Service:
         return photo, load_mask(raw, size=photo.size, field=mask_field, max_pixels=self.max_pixels), None
 
     # --- the original contract ---------------------------------------------------------------------
-    def run_invocation(
-        self,
-        req: InvocationRequest,
-        *,
-        request_id: str | None = None,
-        progress: Progress | None = None,
-        cancel: Cancel | None = None,
-    ) -> StyleResult:
-        """The original contract's work: photo resized to `image_length`, mask given or from text, inpaint."""
+    def prepare_invocation(
+        self, req: InvocationRequest, *, accept: str | None = None, request_id: str | None = None
+    ) -> Pending:
+        """The original contract's request decoded: photo resized to `image_length`, mask given or from
+        text, crop cut. Its `finish` saves the result and answers {"generated_images", "seeds"}."""
         text_field = "garment" if req.mask_prompt is None and req.garment is not None else "mask_prompt"
         photo, mask, garment = self._inputs(
             ("input_img", req.input_img),
@@ -229,14 +246,17 @@ class Service:
                 seed=req.seed,
                 size=req.image_length,
             )
-            result, _ = self.engine.style(
-                photo, params, garment=garment, mask=mask, progress=progress, cancel=cancel, style=req.style
-            )
+            prepared, _ = self.engine.prepare(photo, params, garment=garment, mask=mask, style=req.style)
         except RestyleError as err:
             _renamed(err, {**INVOCATION_FIELDS, "garment": text_field})
             raise
-        self._save(result, photo, request_id)
-        return result
+        fmt = invocation_format(req, accept)
+
+        def finish(result: StyleResult) -> dict[str, Any]:
+            self._save(result, photo, request_id)
+            return encode_invocation(result, fmt)
+
+        return Pending(prepared, finish)
 
     def invoke(
         self,
@@ -248,8 +268,8 @@ class Service:
         cancel: Cancel | None = None,
     ) -> dict[str, Any]:
         """POST /invocations and predict_fn: {"generated_images": [base64 ...], "seeds": [...]}."""
-        result = self.run_invocation(req, request_id=request_id, progress=progress, cancel=cancel)
-        return encode_invocation(result, invocation_format(req, accept))
+        pending = self.prepare_invocation(req, accept=accept, request_id=request_id)
+        return pending.finish(self.run_batch([pending], progress=progress, cancel=cancel)[0])
 
     # --- restyle's own API ---------------------------------------------------------------------------
     def segment(self, req: SegmentRequest) -> dict[str, Any]:
@@ -266,15 +286,9 @@ class Service:
             "size": photo.size,
         }
 
-    def style(
-        self,
-        req: StyleRequest,
-        *,
-        request_id: str,
-        progress: Progress | None = None,
-        cancel: Cancel | None = None,
-    ) -> tuple[StyleResult, MaskResult | None, dict[str, Any]]:
-        """POST /v1/style and jobs: run the request and save it. Returns (result, mask, sidecar)."""
+    def prepare_style(self, req: StyleRequest, *, request_id: str) -> Pending:
+        """POST /v1/style and jobs, decoded, masked and cropped. Its `finish` saves the result and returns
+        (result, mask result, sidecar)."""
         photo, mask, garment = self._inputs(
             ("image", req.image), ("mask", req.mask), ("garment", req.garment), blame="garment"
         )
@@ -290,19 +304,41 @@ class Service:
             size=req.size,
         )
         mask_params = _mask_params(req.mask_options)
-        result, mask_result = self.engine.style(
+        prepared, mask_result = self.engine.prepare(
             photo,
             params,
             garment=garment,
             mask=mask,
             mask_params=mask_params if garment is not None else None,
-            progress=progress,
-            cancel=cancel,
             style=req.style,
             style_scale=req.style_scale,
         )
-        sidecar = self._save(result, photo, request_id) or {}
-        return result, mask_result, sidecar
+
+        def finish(result: StyleResult) -> tuple[StyleResult, MaskResult | None, dict[str, Any]]:
+            sidecar = self._save(result, photo, request_id) or {}
+            return result, mask_result, sidecar
+
+        return Pending(prepared, finish)
+
+    def style(
+        self,
+        req: StyleRequest,
+        *,
+        request_id: str,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> tuple[StyleResult, MaskResult | None, dict[str, Any]]:
+        """POST /v1/style and jobs: run the request and save it. Returns (result, mask, sidecar)."""
+        pending = self.prepare_style(req, request_id=request_id)
+        return pending.finish(self.run_batch([pending], progress=progress, cancel=cancel)[0])
+
+    def run_batch(
+        self, pending: list[Pending], *, progress: Progress | None = None, cancel: Cancel | None = None
+    ) -> list[StyleResult]:
+        """Denoise prepared requests of one key in one batch (see `Inpainter.run_batch`)."""
+        return self.engine.inpainter.run_batch(
+            [p.prepared for p in pending], progress=progress, cancel=cancel
+        )
 
     def _save(self, result: StyleResult, photo: Image.Image, request_id: str | None) -> dict[str, Any] | None:
         """Write the result before anyone is told it succeeded (no-op without an output folder)."""

@@ -55,12 +55,30 @@ class TimeoutExceededError(RestyleError):
     kind = "timeout"
 
 
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Batchable:
+    """Image work in three parts, so one denoising run can serve several queued jobs of one shape.
+
+    `prepare` decodes, masks and crops (its answer has `.key` and `.num_images`); `run` denoises the
+    prepared parts of jobs with equal keys together, one result each; `finish` turns a job's result into
+    its answer (saving its files).
+    """
+
+    prepare: Callable[[Job], Any]
+    run: Callable[[list[Any], Progress, Callable[[], bool]], list[Any]]
+    finish: Callable[[Job, Any, Any], Any]
+
+
 @dataclass
 class Job:
     """One unit of image work and what happened to it."""
 
     run: Callable[[Job], Any] | None  # the work (gets the job for progress/cancel); dropped when it ends
     kind: str = "style"
+    batch: Batchable | None = None  # set instead of `run` for work that may share a denoising batch
     timeout_s: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     state: str = "queued"
@@ -71,6 +89,7 @@ class Job:
     summary: dict[str, Any] | None = None  # JSON-ready result description, written to disk
     created: float = field(default_factory=time.time)
     started: float | None = None
+    _part: Any = field(default=None, repr=False)  # the prepared work, while it waits for its batch
     finished: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _timed_out: bool = field(default=False, repr=False)  # the waiting request gave up: end as a timeout
@@ -163,13 +182,22 @@ def error_dict(err: BaseException) -> dict[str, Any]:
 
 
 class Worker:
-    """A single thread running jobs from a bounded FIFO queue."""
+    """A single thread running jobs from a bounded FIFO queue.
+
+    Batchable jobs (`Job.batch`) of one shape are denoised together: when the worker takes one, it
+    prepares the jobs waiting behind it and runs those whose key matches in the same batch, up to
+    `max_batch` images. The others keep their place (and their prepared inputs).
+    """
 
     def __init__(
-        self, queue_size: int = 4, on_end: Callable[[Job, dict[str, Any]], None] | None = None
+        self,
+        queue_size: int = 4,
+        on_end: Callable[[Job, dict[str, Any]], None] | None = None,
+        max_batch: int = 1,
     ) -> None:
         self.queue: queue.Queue[Job | None] = queue.Queue()  # bounded by `_pending` (cancelled jobs leave it)
         self.queue_size = queue_size
+        self.max_batch = max_batch  # images per denoising batch; 1 runs every job alone
         self.on_end = on_end
         self.current: Job | None = None
         self.accepting = True
@@ -231,7 +259,10 @@ class Worker:
                 self._end(job, *job.stop_reason())
                 continue
             self.current = job
-            self._run(job)
+            if job.batch is not None:
+                self._run_batch(self._gather(job))
+            else:
+                self._run(job)
             self.current = None
 
     def _run(self, job: Job) -> None:
@@ -239,24 +270,113 @@ class Worker:
         try:
             assert job.run is not None
             job.result = job.run(job)
-        except CancelledError:
-            self._end(job, *job.stop_reason())
-            return
-        except RestyleError as err:
-            self._end(job, "failed", error_dict(err))
-            return
-        except Exception as err:  # a bug or an OOM must fail this job only, never the server
-            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self._end(job, "failed", error_dict(err))
+        except Exception as err:
+            self._fail(job, err)
             return
         self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - job.started)
         self._end(job, "done")
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        """End `job` for `err`: a stop, a user error, or a bug/OOM (which must fail this job only)."""
+        if isinstance(err, CancelledError):
+            self._end(job, *job.stop_reason())
+            return
+        if not isinstance(err, RestyleError):
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        self._end(job, "failed", error_dict(err))
+
+    # --- batching ---------------------------------------------------------------------------------------
+    def _prepare(self, job: Job) -> Any:
+        """The job's prepared part (made once); None when preparing failed, which ends the job."""
+        if job._part is None:
+            try:
+                assert job.batch is not None
+                job._part = job.batch.prepare(job)
+            except Exception as err:
+                with self._plock:
+                    if job in self._pending:
+                        self._pending.remove(job)
+                self._fail(job, err)
+                return None
+        return job._part
+
+    def _gather(self, head: Job) -> list[Job]:
+        """`head` and the waiting jobs that can share its batch (same key, up to `max_batch` images)."""
+        head.state, head.started = "running", time.monotonic()
+        part = self._prepare(head)
+        if part is None:
+            return []
+        group, room = [head], self.max_batch - part.num_images
+        with self._plock:
+            waiting = [j for j in self._pending if j.batch is not None]
+        for job in waiting:
+            if room <= 0:
+                break
+            if job.ended or job._cancel.is_set():
+                continue
+            other = self._prepare(job)
+            if other is None or other.key != part.key or other.num_images > room:
+                continue
+            with self._plock:
+                if job not in self._pending:  # cancelled while it was being prepared
+                    continue
+                self._pending.remove(job)
+            job.state, job.started = "running", time.monotonic()
+            group.append(job)
+            room -= other.num_images
+        return group
+
+    def _run_batch(self, group: list[Job]) -> None:
+        """Denoise the group's parts in one run; a failed batch of several is retried job by job."""
+        if not group:
+            return
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            for job in group:
+                if not job.ended:
+                    job.progress(done, total)
+
+        def cancel() -> bool:
+            """End each stopped job at once (the others go on); stop the run when none is left."""
+            for job in group:
+                if not job.ended and job.should_stop():
+                    self._end(job, *job.stop_reason())
+            return all(job.ended for job in group)
+
+        head = group[0]
+        assert head.batch is not None
+        try:
+            results = head.batch.run([job._part for job in group], progress, cancel)
+        except Exception as err:
+            if len(group) > 1 and not isinstance(err, CancelledError):
+                log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), err)
+                for job in group:
+                    if not job.ended:
+                        self._run_batch([job])
+                return
+            for job in group:
+                if not job.ended:
+                    self._fail(job, err)
+            return
+        for job, result in zip(group, results, strict=True):
+            if job.ended:
+                continue
+            try:
+                assert job.batch is not None
+                job.result = job.batch.finish(job, job._part, result)
+            except Exception as err:
+                self._fail(job, err)
+                continue
+            self._end(job, "done")
+        self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started) / len(group)
 
     def _end(self, job: Job, state: str, error: dict[str, Any] | None = None) -> None:
         """Record the final status first, then report the end: whoever hears "done" finds the record."""
         if job.ended:
             return
-        job.run = None  # its closure holds the request (base64 photos): kept jobs must not keep them
+        # its closures and prepared inputs hold the request's images: kept jobs must not keep them
+        job.run, job.batch, job._part = None, None, None
         if state == "done" and job.total:
             job.step = job.total
         finished = time.time()

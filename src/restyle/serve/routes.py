@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from restyle.errors import RestyleError
 from restyle.serve.handler import encode_base64, request_prompt
-from restyle.serve.jobs import TERMINAL, Job, NotReadyError, TimeoutExceededError
+from restyle.serve.jobs import TERMINAL, Batchable, Job, NotReadyError, TimeoutExceededError
 from restyle.serve.schemas import (
     ErrorBody,
     InvocationRequest,
@@ -52,12 +52,14 @@ def _state(request: Request) -> Any:
 
 
 def job_for(state: Any, kind: str, run: Any) -> Job:
-    """Queue image work (503 while loading, after a failed load, or when the queue is full)."""
+    """Queue image work: a callable, or a Batchable (503 while loading, after a failed load, or when the
+    queue is full)."""
     if not state.ready or state.service is None:
         if state.load_error:
             raise NotReadyError(f"models failed to load: {state.load_error}")
         raise NotReadyError(f"not ready: {state.phase}; retry shortly (GET /ping says when)")
-    job = Job(run=run, kind=kind, timeout_s=state.settings.timeout_s)
+    batch = run if isinstance(run, Batchable) else None
+    job = Job(run=None if batch else run, batch=batch, kind=kind, timeout_s=state.settings.timeout_s)
     state.worker.submit(job)
     state.store.add(job)
     return job
@@ -111,15 +113,23 @@ async def ping(request: Request) -> JSONResponse:
 )
 async def invocations(req: InvocationRequest, request: Request) -> Any:
     accept = request.headers.get("accept")
-
-    def work(job: Job) -> Any:
-        service = _state(request).service
-        return service.invoke(
-            req, accept=accept, request_id=job.id, progress=job.progress, cancel=job.should_stop
-        )
-
+    service = _state(request).service
+    work = Batchable(
+        prepare=lambda job: service.prepare_invocation(req, accept=accept, request_id=job.id),
+        run=_denoise(request),
+        finish=lambda job, pending, result: pending.finish(result),
+    )
     _, result = await _run(request, "invoke", work)
     return result
+
+
+def _denoise(request: Request) -> Any:
+    """The service's batched denoising, as the worker calls it."""
+
+    def run(parts: list[Any], progress: Any, cancel: Any) -> list[Any]:
+        return _state(request).service.run_batch(parts, progress=progress, cancel=cancel)
+
+    return run
 
 
 # --- /v1 -----------------------------------------------------------------------------------------------
@@ -129,16 +139,16 @@ async def segment(req: SegmentRequest, request: Request) -> Any:
     return result
 
 
-def _style_work(request: Request, req: StyleRequest, keep: bool = True) -> Any:
-    def work(job: Job) -> Any:
-        service = _state(request).service
-        result, _mask, sidecar = service.style(
-            req, request_id=job.id, progress=job.progress, cancel=job.should_stop
-        )
-        job.summary = _summary(job.id, result, sidecar, service.preview)
+def _style_work(request: Request, req: StyleRequest, keep: bool = True) -> Batchable:
+    def prepare(job: Job) -> Any:
+        return _state(request).service.prepare_style(req, request_id=job.id)
+
+    def finish(job: Job, pending: Any, result: Any) -> Any:
+        result, _mask, sidecar = pending.finish(result)
+        job.summary = _summary(job.id, result, sidecar, _state(request).service.preview)
         return result if keep else None  # async jobs answer from the saved files
 
-    return work
+    return Batchable(prepare=prepare, run=_denoise(request), finish=finish)
 
 
 def _summary(job_id: str, result: Any, sidecar: dict[str, Any], preview: bool) -> dict[str, Any]:
@@ -155,6 +165,7 @@ def _summary(job_id: str, result: Any, sidecar: dict[str, Any], preview: bool) -
         "prompt": result.params.prompt,
         "negative_prompt": result.params.negative_prompt,
         "elapsed_s": round(result.elapsed_s, 3),
+        "batch": result.batch,
         "preview": preview,
     }
 
@@ -170,7 +181,10 @@ async def style(req: StyleRequest, request: Request) -> Any:
             for img, entry in zip(result.images, summary["images"])
         ],
         "mask": encode_base64(result.mask),
-        **{k: summary[k] for k in ("mask_url", "seeds", "prompt", "negative_prompt", "elapsed_s", "preview")},
+        **{
+            k: summary[k]
+            for k in ("mask_url", "seeds", "prompt", "negative_prompt", "elapsed_s", "batch", "preview")
+        },
     }
 
 

@@ -175,6 +175,7 @@ class StyleResponse(BaseModel):
     prompt: str
     negative_prompt: str
     elapsed_s: float
+    batch: int = Field(1, description="Requests denoised in one batch with this one (1: alone).")
     preview: bool
 
 
