@@ -131,3 +131,22 @@ def test_fast_buckets_option_sets_the_inpainter_bucket(tiny_models):
     plain = Inpainter.from_pretrained(str(tiny_models["inpainter"]), device="cpu")
     bucketed = Inpainter.from_pretrained(str(tiny_models["inpainter"]), device="cpu", fast="buckets")
     assert plain.bucket == 0 and bucketed.bucket == BUCKET == 64
+
+
+def test_each_distinct_prompt_is_encoded_once_per_batch(fresh):
+    photo, mask = _request(96, 144, 1, (20, 40, 70, 120))
+    items = [
+        fresh.prepare(photo, mask, _params("a red skirt", 1, n=3)),
+        fresh.prepare(photo, mask, _params("a red skirt", 2, n=2)),
+        fresh.prepare(photo, mask, _params("a blue skirt", 3, n=1)),
+    ]
+    batches: list[int] = []
+    hook = fresh.pipe.text_encoder.register_forward_hook(
+        lambda m, args, out: batches.append(args[0].shape[0])
+    )
+    try:
+        results = fresh.run_batch(items)
+    finally:
+        hook.remove()
+    assert batches == [2, 2]  # the two distinct prompts, then their negatives; not 6 + 6 rows
+    assert [len(r.images) for r in results] == [3, 2, 1]

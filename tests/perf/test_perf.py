@@ -223,6 +223,12 @@ def test_equivalence_fails_on_a_different_model(tiny_bench: Any) -> None:
         unet.load_state_dict(saved)
 
 
+def test_requests_case_batches_what_the_original_runs_call_by_call(tiny_bench: Any) -> None:
+    case = tiny_bench.case_requests(3)
+    assert case.images == 3 and case.name.startswith("3 requests x 1 image")
+    assert case.baseline is not None and case.restyle.median > 0 and case.baseline.median > 0
+
+
 def test_segmentation_and_host_cases(tiny_bench: Any) -> None:
     assert tiny_bench.case_segment().restyle.median > 0
     host = tiny_bench.case_host()
@@ -243,6 +249,7 @@ def test_cli_writes_json_and_its_own_section(tmp_path: Path) -> None:
     names = [c["name"] for c in data["cases"]]
     assert any(n.startswith("mask + 1 image") for n in names) and any(n.startswith("3 images") for n in names)
     assert any(n.startswith("batch 2") for n in names) and any("segmentation" in n for n in names)
+    assert any(n.startswith("2 requests x 1 image") for n in names)
     assert data["environment"]["torch"] and data["equivalence"]["psnr_db"] > 40
     text = doc.read_text()
     assert "keep me" in text and "<!-- bench:infer-tiny -->" in text and "| case |" in text

@@ -77,6 +77,21 @@ def pad_to_bucket(image: Image.Image, mask: Image.Image, bucket: int) -> tuple[I
     return Image.fromarray(pixels, mode="RGB"), padded_mask
 
 
+COMMON_ASPECTS = ((1, 1), (3, 4), (4, 3), (2, 3), (3, 2), (9, 16), (16, 9))  # photos, as (width, height)
+
+
+def bucket_shapes(long_side: int, bucket: int, aspects: tuple[tuple[int, int], ...] = COMMON_ASPECTS) -> list:
+    """The padded working sizes that crops of photos with these aspects get (crops keep the photo's
+    aspect), e.g. 5 shapes at 512 with 64 px buckets: what a compiled UNet should be warmed up on."""
+    shapes: list[tuple[int, int]] = []
+    for w, h in aspects:
+        fw, fh = fit_size(w * long_side, h * long_side, long_side)
+        shape = (-(-fw // bucket) * bucket, -(-fh // bucket) * bucket) if bucket > 0 else (fw, fh)
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
 def composite(original: Image.Image, generated: Image.Image, mask: Image.Image, box: Box) -> Image.Image:
     """Blend the generated crop into the original with the soft mask as alpha.
 

@@ -365,8 +365,7 @@ class Inpainter:
         # 4. Denoise
         width, height = first.work_image.size
         out = self.pipe(
-            prompt=[p.params.prompt for p in expand],
-            negative_prompt=[p.params.negative_prompt for p in expand],
+            **self._prompt_embeds(expand, first.params.guidance),
             image=[p.work_image for p in expand],
             mask_image=[p.work_mask for p in expand],
             masked_image_latents=self._masked_latents(items, counts),
@@ -389,6 +388,26 @@ class Inpainter:
             offset += n
             results.append(self._result(p, generated, run_s, len(items)))
         return results
+
+    def _prompt_embeds(self, expand: list[Prepared], guidance: float) -> dict[str, Any]:
+        """Each distinct (prompt, negative) pair encoded once, then one row per image."""
+        import torch
+
+        pairs = [(p.params.prompt, p.params.negative_prompt) for p in expand]
+        unique = list(dict.fromkeys(pairs))
+        with torch.no_grad():
+            positive, negative = self.pipe.encode_prompt(
+                [text for text, _ in unique],
+                self.pipe._execution_device,
+                1,
+                guidance > 1.0,  # diffusers' do_classifier_free_guidance
+                negative_prompt=[text for _, text in unique],
+            )
+        rows = torch.tensor([unique.index(pair) for pair in pairs], device=positive.device)
+        return {
+            "prompt_embeds": positive[rows],
+            "negative_prompt_embeds": None if negative is None else negative[rows],
+        }
 
     def _masked_latents(self, items: list[Prepared], counts: list[int]) -> Any:
         """The photo outside the mask in latent space: one VAE encode per request, not per image.

@@ -267,6 +267,35 @@ class Bench:
             self._geometry(photo, mask, size),
         )
 
+    def case_requests(self, count: int) -> CaseResult:
+        """`count` waiting requests of one image each, as the server batches them (one denoising run),
+        against the original handler, which runs one call per request."""
+        from dataclasses import replace
+
+        c = self.config
+        size, steps = c.sizes[0], c.batch_steps
+        photo, mask = sample_inputs(size)
+
+        def restyle_run() -> None:
+            params = self.params(size, steps, 1)
+            items = [
+                self.restyle.prepare(photo, mask, replace(params, seed=c.seed + i)) for i in range(count)
+            ]
+            self.restyle.run_batch(items)
+
+        def baseline_run() -> None:
+            for _ in range(count):
+                self.run_baseline(photo, mask, size, steps, 1)
+
+        restyle, baseline = self._pair(restyle_run, baseline_run)
+        return CaseResult(
+            f"{count} requests x 1 image at {size}, {steps} steps (one batch vs one call each)",
+            count,
+            restyle,
+            baseline,
+            self._geometry(photo, mask, size),
+        )
+
     def case_segment(self) -> CaseResult:
         photo, _ = sample_inputs(self.config.sizes[1])
         timing = time_fn(

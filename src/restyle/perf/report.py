@@ -30,6 +30,7 @@ def run_all(config: BenchConfig, log: Log = print) -> dict[str, Any]:
         ("the original's case", lambda: bench.case_end_to_end(1, with_mask=False)),
         ("the original's case, same geometry", lambda: bench.case_same_geometry(1)),
         *[(f"batch {b}", lambda b=b: bench.case_throughput(b)) for b in config.batches],
+        *[(f"{b} requests", lambda b=b: bench.case_requests(b)) for b in config.batches if b > 1],
     ]
     cases: list[CaseResult] = []
     with torch.inference_mode():  # scoped: nothing here needs gradients, and callers keep theirs

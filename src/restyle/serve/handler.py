@@ -184,15 +184,27 @@ class Service:
         return dict(self.engine.inpainter.styles)
 
     def warmup(self) -> None:
-        """One small run through both models so the first request does not pay for lazy initialisation."""
+        """Run both models once so the first request does not pay for lazy initialisation.
+
+        An inpainter with shape buckets (fast=buckets or compile) runs one step at every bucket shape that
+        common photo aspects give at its native size, so a compiled UNet is compiled before /ping answers.
+        """
+        from restyle.inpaint.crop import bucket_shapes
         from restyle.models.hub import is_available
 
-        photo = Image.new("RGB", (64, 64), (200, 180, 160))
-        mask = Image.new("L", (64, 64), 0)
-        mask.paste(255, (16, 16, 48, 48))
+        inpainter = self.engine.inpainter
         if is_available(self.engine.config.segmenter):  # a packaged model may come without a segmenter
-            self.engine.segmenter.logits(photo, ["a dress"])
-        self.engine.inpainter.run(photo, mask, StyleParams(prompt="warm-up", steps=1, num_images=1, seed=0))
+            self.engine.segmenter.logits(Image.new("RGB", (64, 64), (200, 180, 160)), ["a dress"])
+        native = inpainter.native_size
+        shapes = bucket_shapes(native, inpainter.bucket) if inpainter.bucket else [(native, native)]
+        for width, height in shapes:
+            photo = Image.new("RGB", (width, height), (200, 180, 160))
+            mask = Image.new("L", (width, height), 0)
+            mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+            params = StyleParams(
+                prompt="warm-up", steps=1, num_images=1, seed=0, crop=False, size=max(width, height)
+            )
+            inpainter.run(photo, mask, params)
 
     def _inputs(
         self,
