@@ -282,3 +282,28 @@ def test_the_harness_on_cuda() -> None:
     assert all(r > 0 for r in case.restyle.runs)
     assert bench.equivalence()["passed"]
     assert bench.loop_efficiency(2)["restyle"]["s_per_step"] > 0
+
+
+@pytest.mark.gpu
+def test_no_host_sync_inside_the_denoising_loop_on_cuda() -> None:
+    """Run by a GPU session: from the first step's end to the last step's end, nothing in restyle's loop
+    (UNet, guidance, sampler step, our callback) may wait for the GPU; CUDA's sync debug mode raises if so."""
+    import dataclasses
+
+    import torch
+
+    from restyle.perf.cases import Bench, BenchConfig, sample_inputs
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    bench = Bench(dataclasses.replace(BenchConfig.for_cpu("tiny"), device="cuda"))
+    photo, mask = sample_inputs(64)
+    steps = 6
+
+    def watch(done: int, total: int) -> None:
+        torch.cuda.set_sync_debug_mode("error" if done < total else "default")
+
+    try:
+        bench.restyle.run(photo, mask, bench.params(64, steps, 2), progress=watch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
