@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,6 +197,92 @@ def test_a_batch_of_one_that_fails_reports_the_error():
     assert (
         job.state == "failed" and job.error["error"] == "internal" and "out of memory" in job.error["message"]
     )
+
+
+def _blocker(release: threading.Event) -> Job:
+    """A plain (not batchable) job that holds the worker until `release` is set."""
+    return Job(run=lambda job: release.wait(30), kind="segment")
+
+
+def test_stopping_during_a_batch_ends_and_records_every_member():
+    work, records = Work(steps=10**6), []
+    worker = Worker(queue_size=8, max_batch=8, on_end=lambda job, final: records.append(final["id"]))
+    worker.start()
+    release = threading.Event()
+    worker.submit(_blocker(release))
+    a, b = worker.submit(work.job("a")), worker.submit(work.job("b"))
+    release.set()
+    wait_for(lambda: work.batches == [["a", "b"]] and a.state == b.state == "running", what="the batch")
+    worker.stop(grace_s=0.2)
+    assert a.ended and b.ended and a.state == b.state == "cancelled"
+    assert a.id in records and b.id in records
+
+
+@pytest.mark.parametrize("prepare_fails", [False, True])
+def test_a_job_cancelled_while_it_is_prepared_ends_once_and_keeps_nothing(prepare_fails):
+    work, records = Work(), []
+
+    def record(job: Job, final: dict[str, Any]) -> None:
+        time.sleep(0.2)  # a disk write: the worker thread's own end must not slip in meanwhile
+        records.append(final["state"])
+
+    worker = Worker(queue_size=8, max_batch=8, on_end=record)
+    worker.start()
+    release, preparing, go_on = threading.Event(), threading.Event(), threading.Event()
+    worker.submit(_blocker(release))
+    head = worker.submit(work.job("head"))
+    x = work.job("x")
+    prepare = x.batch.prepare
+
+    def slow_prepare(job: Job) -> Any:
+        preparing.set()
+        go_on.wait(30)
+        if prepare_fails:
+            raise InvalidParameterError("x: bad input", field="image")
+        return prepare(job)
+
+    x.batch = Batchable(slow_prepare, x.batch.run, x.batch.finish)
+    worker.submit(x)
+    release.set()
+    assert preparing.wait(10)  # the worker prepares x while gathering head's batch
+    canceller = threading.Thread(target=worker.cancel, args=(x,))
+    canceller.start()
+    time.sleep(0.05)  # the cancel is writing its record when x's prepare ends
+    go_on.set()
+    canceller.join(10)
+    work.gate.open()
+    _wait_ended(head, x)
+    worker.stop()
+    assert x.state == "cancelled" and x._part is None
+    assert records.count("cancelled") == 1 and len(records) == 3  # blocker, head, x: each once
+    assert work.batches == [["head"]]
+
+
+def test_a_head_cancelled_while_it_is_prepared_takes_no_batch():
+    work = Work()
+    worker = _worker()
+    release, preparing, go_on = threading.Event(), threading.Event(), threading.Event()
+    worker.submit(_blocker(release))
+    head = work.job("head")
+    prepare = head.batch.prepare
+
+    def slow_prepare(job: Job) -> Any:
+        preparing.set()
+        go_on.wait(30)
+        return prepare(job)
+
+    head.batch = Batchable(slow_prepare, head.batch.run, head.batch.finish)
+    worker.submit(head)
+    a = worker.submit(work.job("a"))
+    release.set()
+    assert preparing.wait(10)
+    worker.cancel(head)
+    go_on.set()
+    work.gate.open()
+    _wait_ended(head, a)
+    worker.stop()
+    assert head.state == "cancelled" and a.state == "done"
+    assert work.batches == [["a"]]
 
 
 # --- the server, with the tiny models ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from types import SimpleNamespace
 from typing import Any
@@ -26,12 +27,12 @@ class Recorder:
 
     def __init__(self, native: int, bucket: int) -> None:
         self.native_size, self.bucket = native, bucket
-        self.sizes: list[tuple[int, int]] = []
+        self.runs: list[tuple[tuple[int, int], int]] = []
 
     def run(self, photo: Image.Image, mask: Image.Image, params: Any) -> None:
         assert params.steps == 1 and not params.crop and params.size == max(photo.size)
         assert mask.getbbox() is not None
-        self.sizes.append(photo.size)
+        self.runs.append((photo.size, params.num_images))
 
 
 def _service(inpainter: Recorder) -> Service:
@@ -43,7 +44,10 @@ def _service(inpainter: Recorder) -> Service:
 def test_warmup_runs_every_bucket_shape_at_the_native_size(native, bucket):
     rec = Recorder(native, bucket)
     _service(rec).warmup()
-    assert rec.sizes == (bucket_shapes(native, bucket) if bucket else [(native, native)])
+    if bucket:  # every shape with 1 image (the original's case) and 2 (the API's default)
+        assert rec.runs == [(shape, n) for shape in bucket_shapes(native, bucket) for n in (1, 2)]
+    else:
+        assert rec.runs == [((native, native), 1)]
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler")
@@ -64,11 +68,11 @@ def test_compiled_unet_is_compiled_during_warmup_not_on_the_first_request(tiny_m
     Service(engine).warmup()
     compiled = counters["stats"]["unique_graphs"]
     assert compiled >= 1
-    # a portrait request and a landscape one: both crops pad to the warmed 64 x 64 bucket
-    for image, mask in ((photo, box_mask), (photo.rotate(90, expand=True), box_mask.rotate(90, expand=True))):
-        result = engine.inpainter.run(
-            image, mask, StyleParams(prompt="a red skirt", steps=2, num_images=1, seed=3)
-        )
-        assert result.images[0].size == image.size
+    # portrait and landscape requests of 1 and 2 images: both crops pad to the warmed 64 x 64 bucket
+    turned = (photo.rotate(90, expand=True), box_mask.rotate(90, expand=True))
+    for (image, mask), n in itertools.product(((photo, box_mask), turned), (1, 2)):
+        params = StyleParams(prompt="a red skirt", steps=2, num_images=n, seed=3)
+        result = engine.inpainter.run(image, mask, params)
+        assert result.images[0].size == image.size and len(result.images) == n
     assert counters["stats"]["unique_graphs"] == compiled, "a request compiled a new graph after warm-up"
     torch._dynamo.reset()

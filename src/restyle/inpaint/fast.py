@@ -12,6 +12,7 @@ from typing import Any
 
 from restyle.errors import InvalidParameterError
 
+RECOMPILE_LIMIT = 64  # compiled UNet graphs kept: 7 buckets x several batch sizes fit
 FAST_OPTIONS = ("channels_last", "fuse_qkv", "compile", "buckets")
 
 
@@ -54,6 +55,9 @@ def apply_fast(pipe: Any, options: FastOptions) -> Any:
         pipe.unet.fuse_qkv_projections()
         pipe.vae.fuse_qkv_projections()
     if options.compile:
+        # one static graph per (shape bucket, batch size): more than dynamo's default 8 before it falls
+        # back to running uncompiled
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         pipe.unet = torch.compile(pipe.unet, fullgraph=False, dynamic=False)
     return pipe
 

@@ -30,6 +30,7 @@ from restyle.serve.schemas import InvocationRequest, MaskOptions, PromptFields, 
 
 Cancel = Callable[[], bool]
 JPEG_QUALITY = 95
+WARM_IMAGES = (1, 2)  # images per request warmed per shape: the original's case and the API's default
 
 
 def _field_of(err: Any, skip: int) -> str | None:
@@ -187,7 +188,8 @@ class Service:
         """Run both models once so the first request does not pay for lazy initialisation.
 
         An inpainter with shape buckets (fast=buckets or compile) runs one step at every bucket shape that
-        common photo aspects give at its native size, so a compiled UNet is compiled before /ping answers.
+        common photo aspects give at its native size, with 1 and with 2 images (the requests' defaults),
+        so a compiled UNet compiles those graphs before /ping answers; others compile on first use.
         """
         from restyle.inpaint.crop import bucket_shapes
         from restyle.models.hub import is_available
@@ -196,13 +198,13 @@ class Service:
         if is_available(self.engine.config.segmenter):  # a packaged model may come without a segmenter
             self.engine.segmenter.logits(Image.new("RGB", (64, 64), (200, 180, 160)), ["a dress"])
         native = inpainter.native_size
-        shapes = bucket_shapes(native, inpainter.bucket) if inpainter.bucket else [(native, native)]
-        for width, height in shapes:
+        runs = [(shape, n) for shape in bucket_shapes(native, inpainter.bucket) for n in WARM_IMAGES]
+        for (width, height), n in runs if inpainter.bucket else [((native, native), 1)]:
             photo = Image.new("RGB", (width, height), (200, 180, 160))
             mask = Image.new("L", (width, height), 0)
             mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
             params = StyleParams(
-                prompt="warm-up", steps=1, num_images=1, seed=0, crop=False, size=max(width, height)
+                prompt="warm-up", steps=1, num_images=n, seed=0, crop=False, size=max(width, height)
             )
             inpainter.run(photo, mask, params)
 

@@ -92,6 +92,7 @@ class Job:
     _part: Any = field(default=None, repr=False)  # the prepared work, while it waits for its batch
     finished: float | None = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _claimed: bool = field(default=False, repr=False)  # one thread has begun ending it (see Worker._end)
     _timed_out: bool = field(default=False, repr=False)  # the waiting request gave up: end as a timeout
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = field(default_factory=list, repr=False)
@@ -200,6 +201,7 @@ class Worker:
         self.max_batch = max_batch  # images per denoising batch; 1 runs every job alone
         self.on_end = on_end
         self.current: Job | None = None
+        self.running: list[Job] = []  # the jobs of the run in progress (a batch has several)
         self.accepting = True
         self._mean_s = 5.0  # running mean job time, for Retry-After
         self._thread = threading.Thread(target=self._loop, name="restyle-worker", daemon=True)
@@ -259,11 +261,14 @@ class Worker:
                 self._end(job, *job.stop_reason())
                 continue
             self.current = job
+            self.running = [job]
             if job.batch is not None:
-                self._run_batch(self._gather(job))
+                group = self._gather(job)
+                self.running = group or [job]
+                self._run_batch(group)
             else:
                 self._run(job)
-            self.current = None
+            self.current, self.running = None, []
 
     def _run(self, job: Job) -> None:
         job.state, job.started = "running", time.monotonic()
@@ -287,17 +292,22 @@ class Worker:
 
     # --- batching ---------------------------------------------------------------------------------------
     def _prepare(self, job: Job) -> Any:
-        """The job's prepared part (made once); None when preparing failed, which ends the job."""
+        """The job's prepared part (made once); None when preparing failed, which ends the job, or when
+        the job ended meanwhile (cancelled, timed out, shut down): its part is dropped, not kept."""
         if job._part is None:
             try:
                 assert job.batch is not None
-                job._part = job.batch.prepare(job)
+                part = job.batch.prepare(job)
             except Exception as err:
+                self._fail(job, err)  # no-op when a cancel ended it first
                 with self._plock:
                     if job in self._pending:
                         self._pending.remove(job)
-                self._fail(job, err)
                 return None
+            with job._lock:
+                if job._claimed:
+                    return None
+                job._part = part
         return job._part
 
     def _gather(self, head: Job) -> list[Job]:
@@ -305,6 +315,9 @@ class Worker:
         head.state, head.started = "running", time.monotonic()
         part = self._prepare(head)
         if part is None:
+            return []
+        if head.should_stop():  # cancelled or out of time while it was prepared: it takes no batch room
+            self._end(head, *head.stop_reason())
             return []
         group, room = [head], self.max_batch - part.num_images
         with self._plock:
@@ -328,8 +341,15 @@ class Worker:
 
     def _run_batch(self, group: list[Job]) -> None:
         """Denoise the group's parts in one run; a failed batch of several is retried job by job."""
-        if not group:
+        # what each job brings, taken now: a job ended by a cancel meanwhile has dropped its own
+        work: list[tuple[Job, Batchable, Any]] = []
+        for job in group:
+            batch, part = job.batch, job._part
+            if batch is not None and part is not None:
+                work.append((job, batch, part))
+        if not work:
             return
+        group = [job for job, _, _ in work]
         started = time.monotonic()
 
         def progress(done: int, total: int) -> None:
@@ -344,10 +364,8 @@ class Worker:
                     self._end(job, *job.stop_reason())
             return all(job.ended for job in group)
 
-        head = group[0]
-        assert head.batch is not None
         try:
-            results = head.batch.run([job._part for job in group], progress, cancel)
+            results = work[0][1].run([part for _, _, part in work], progress, cancel)
         except Exception as err:
             if len(group) > 1 and not isinstance(err, CancelledError):
                 log.warning("a batch of %d jobs failed (%s); running them one by one", len(group), err)
@@ -356,15 +374,13 @@ class Worker:
                         self._run_batch([job])
                 return
             for job in group:
-                if not job.ended:
-                    self._fail(job, err)
+                self._fail(job, err)  # a no-op for the jobs a cancel already ended
             return
-        for job, result in zip(group, results, strict=True):
+        for (job, batch, part), result in zip(work, results, strict=True):
             if job.ended:
                 continue
             try:
-                assert job.batch is not None
-                job.result = job.batch.finish(job, job._part, result)
+                job.result = batch.finish(job, part, result)
             except Exception as err:
                 self._fail(job, err)
                 continue
@@ -372,9 +388,14 @@ class Worker:
         self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started) / len(group)
 
     def _end(self, job: Job, state: str, error: dict[str, Any] | None = None) -> None:
-        """Record the final status first, then report the end: whoever hears "done" finds the record."""
-        if job.ended:
-            return
+        """Record the final status first, then report the end: whoever hears "done" finds the record.
+
+        The worker thread and a request's thread (cancel, timeout) may both try; the first one ends it.
+        """
+        with job._lock:
+            if job._claimed:
+                return
+            job._claimed = True
         # its closures and prepared inputs hold the request's images: kept jobs must not keep them
         job.run, job.batch, job._part = None, None, None
         if state == "done" and job.total:
@@ -389,7 +410,8 @@ class Worker:
         job._finish(state, error, finished)
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """Refuse new work, fail what is queued, let the running job finish (cancelled after `grace_s`)."""
+        """Refuse new work, fail what is queued, let the running job (or batch) finish; cancelled after
+        `grace_s`."""
         self.accepting = False
         with self._plock:
             pending, self._pending = self._pending, []
@@ -401,10 +423,15 @@ class Worker:
         for job in pending:
             job.cancel()
             self._end(job, "failed", _error("shutdown", "the server shut down before this job started", 503))
-        running = self.current
-        if running is not None and not running._done.wait(grace_s):
-            running.cancel()
-            running._done.wait(10)
+        deadline = time.monotonic() + grace_s
+        for job in list(self.running):  # every member of a running batch
+            if not job._done.wait(max(0.0, deadline - time.monotonic())):
+                break
+        stragglers = [job for job in list(self.running) if not job.ended]
+        for job in stragglers:
+            job.cancel()
+        for job in stragglers:
+            job._done.wait(10)
         self.queue.put(None)
         self._thread.join(timeout=5)
 
