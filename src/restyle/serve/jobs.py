@@ -200,7 +200,6 @@ class Worker:
         self.queue_size = queue_size
         self.max_batch = max_batch  # images per denoising batch; 1 runs every job alone
         self.on_end = on_end
-        self.current: Job | None = None
         self.running: list[Job] = []  # the jobs of the run in progress (a batch has several)
         self.accepting = True
         self._mean_s = 5.0  # running mean job time, for Retry-After
@@ -260,7 +259,6 @@ class Worker:
             if job._cancel.is_set():
                 self._end(job, *job.stop_reason())
                 continue
-            self.current = job
             self.running = [job]
             if job.batch is not None:
                 group = self._gather(job)
@@ -268,7 +266,7 @@ class Worker:
                 self._run_batch(group)
             else:
                 self._run(job)
-            self.current, self.running = None, []
+            self.running = []
 
     def _run(self, job: Job) -> None:
         job.state, job.started = "running", time.monotonic()

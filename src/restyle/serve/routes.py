@@ -113,9 +113,8 @@ async def ping(request: Request) -> JSONResponse:
 )
 async def invocations(req: InvocationRequest, request: Request) -> Any:
     accept = request.headers.get("accept")
-    service = _state(request).service
     work = Batchable(
-        prepare=lambda job: service.prepare_invocation(req, accept=accept, request_id=job.id),
+        prepare=lambda job: _state(request).service.prepare_invocation(req, accept=accept, request_id=job.id),
         run=_denoise(request),
         finish=lambda job, pending, result: pending.finish(result),
     )
