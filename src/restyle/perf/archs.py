@@ -54,7 +54,7 @@ def _sd_unet(
 
 
 ARCHS: dict[str, Arch] = {
-    # runwayml/stable-diffusion-inpainting: CLIP ViT-L/14 text encoder, 8 heads
+    # stable-diffusion-v1-5/stable-diffusion-inpainting (runwayml's, mirrored): CLIP ViT-L/14 text, 8 heads
     "sd15": Arch(
         "sd15-inpainting",
         unet=_sd_unet(768, 8, linear=False),
@@ -67,7 +67,8 @@ ARCHS: dict[str, Arch] = {
             projection_dim=768,
         ),
     ),
-    # stabilityai/stable-diffusion-2-inpainting: OpenCLIP ViT-H/14 text encoder (23 of 24 layers used)
+    # sd2-community/stable-diffusion-2-inpainting (stabilityai's, mirrored): OpenCLIP ViT-H/14 text encoder
+    # (23 of 24 layers used)
     "sd2": Arch(
         "sd2-inpainting",
         unet=_sd_unet(1024, (5, 10, 20, 20), linear=True),

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from restyle.config import DEFAULT_INPAINTER, DEFAULT_SEGMENTER
 from restyle.errors import InvalidParameterError
 
 MODES = ("dreambooth", "lora")
@@ -31,7 +32,7 @@ class TrainConfig:
     """One fine-tuning run. Defaults follow the reference DreamBooth run of the original design."""
 
     mode: str = "dreambooth"  # dreambooth (full UNet, optionally text encoder) or lora (adapters only)
-    base: str = "stabilityai/stable-diffusion-2-inpainting"  # hub id or diffusers folder
+    base: str = DEFAULT_INPAINTER  # hub id or diffusers folder
     instance_dir: Path = Path("instance")  # the dozen photos of the garment class
     instance_prompt: str = ""  # with a unique identifier, e.g. "a model in sks long summer travel skirt"
     output_dir: Path = Path("trained")  # checkpoints while training, the model at the end
@@ -44,7 +45,7 @@ class TrainConfig:
     # masks
     masks: tuple[tuple[str, float], ...] = (("random", 1.0),)  # source -> share, e.g. segment 0.7 random 0.3
     garment: str = ""  # segmenter prompt for "segment" masks, e.g. "the skirt"
-    segmenter: str = "CIDAS/clipseg-rd64-refined"  # hub id or folder, only for "segment" masks
+    segmenter: str = DEFAULT_SEGMENTER  # hub id or folder, only for "segment" masks
     mask_dir: Path | None = None  # user masks; default: <instance_dir>/masks
     fit: str = "crop"  # crop: centre crop to a square; pad: whole photo on a neutral border
     # optimisation
