@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -84,6 +85,8 @@ def create_app(
         version=_version(),
         summary="Text-driven virtual fashion styling: garment masks from text, Stable Diffusion inpainting.",
         lifespan=lifespan,
+        docs_url=None,  # _add_docs serves /docs and /redoc from local files instead of a CDN
+        redoc_url=None,
     )
     app.state.restyle = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -97,6 +100,7 @@ def create_app(
         return response
 
     _add_studio(app)
+    _add_docs(app)
 
     guarded = [Depends(require_key(settings.api_key))]
     app.include_router(routes.sagemaker, dependencies=guarded)
@@ -130,6 +134,59 @@ def _add_studio(app: FastAPI) -> None:
         if request.url.path.startswith("/static/"):
             response.headers.update(STUDIO_HEADERS)
         return response
+
+
+DOCS_ASSETS = "/docs-assets"  # the docs pages' Swagger UI, ReDoc and favicon files
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc as FastAPI serves them, but with every file from the
+    fastapi-standalone-docs package instead of a CDN, so the docs work air-gapped. Open without an API key,
+    and without the studio's CSP (both pages start with an inline script)."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+
+    assets = Path(str(importlib.resources.files("fastapi_standalone_docs") / "static"))
+    app.mount(DOCS_ASSETS, StaticFiles(directory=assets), name="docs-assets")
+    openapi_url, redirect_url = app.openapi_url or "/openapi.json", app.swagger_ui_oauth2_redirect_url
+
+    def prefix(request: Request) -> str:  # the path the app is mounted at behind a proxy, like FastAPI's
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = prefix(request)
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/fastapi/favicon.png",
+            oauth2_redirect_url=root + redirect_url if redirect_url else None,
+            init_oauth=app.swagger_ui_init_oauth,
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    if redirect_url:
+
+        @app.get(redirect_url, include_in_schema=False)
+        async def swagger_ui_redirect() -> HTMLResponse:
+            return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = prefix(request)
+        return get_redoc_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/fastapi/favicon.png",
+            with_google_fonts=False,
+        )
+
+    @app.get("/redoc/logo-mini.svg", include_in_schema=False)
+    async def redoc_logo() -> FileResponse:  # the package's ReDoc asks for it beside its page
+        return FileResponse(assets / "redoc" / "logo-mini.svg")
 
 
 def _version() -> str:
