@@ -247,7 +247,19 @@ def test_defaults_are_the_live_repos():
 
     assert DEFAULT_INPAINTER == SD2_NEW and ModelConfig().inpainter == SD2_NEW
     assert TrainConfig().base == SD2_NEW
-    assert inspect.signature(train).parameters["base"].default == SD2_NEW
+    assert inspect.signature(train).parameters["base"].default is None  # resolved like every command's
+    from restyle.cli_train import _models
+
+    assert _models({"base": None, "segmenter": None})["base"] == SD2_NEW
+
+
+def test_train_takes_its_models_from_env_and_flags(monkeypatch):
+    from restyle.cli_train import _models
+
+    monkeypatch.setenv("RESTYLE_INPAINTER", "/models/inp")
+    monkeypatch.setenv("RESTYLE_SEGMENTER", "/models/seg")
+    assert _models({"base": None, "segmenter": None}) == {"base": "/models/inp", "segmenter": "/models/seg"}
+    assert _models({"base": "/flag", "segmenter": None})["base"] == "/flag"
 
 
 def test_withdrawn_ids_are_named_only_by_the_alias_table():
@@ -373,6 +385,34 @@ def test_pull_of_a_withdrawn_id_fetches_the_mirror(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("socket.getaddrinfo", lambda *a, **k: [])  # the hub "resolves"
     assert pull(SD15_OLD) == str(tmp_path / SD15_NEW)
     assert calls[0] == ("list", SD15_NEW) and calls[1][1] == SD15_NEW
     assert not any(name.startswith("safety_checker/") for name in calls[1][2])
+
+
+def test_pull_fails_in_one_line_when_the_hub_is_off_or_unknown(monkeypatch):
+    import socket
+
+    import huggingface_hub
+
+    from restyle.models.hub import pull
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", None)  # never reached
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set"):
+        pull(SD2_NEW)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(ModelNotFoundError, match="cannot reach the hub .*Name or service not known"):
+        pull(SD2_NEW)
+
+
+@pytest.mark.parametrize("name", ["skirt-model/", "./m", "a/b/c", "~/m", "org/na me"])
+def test_a_missing_folder_is_an_error_not_a_preview(name):
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        resolve_or_preview(ModelConfig(inpainter=name))
