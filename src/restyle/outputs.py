@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from restyle.files import atomic_write
 from restyle.inpaint.pipeline import StyleResult
 
 METADATA_KEY = "restyle"  # PNG text chunk holding the JSON parameters
@@ -33,22 +32,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename: no half-written outputs."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_png(img: Image.Image, path: Path, meta: dict[str, Any] | None = None) -> Path:
     """Save a PNG atomically, with metadata when given."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=png_info(meta) if meta else None))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=png_info(meta) if meta else None))
     return path
 
 
@@ -67,6 +54,21 @@ def grid(images: list[Image.Image], height: int = 384, gap: int = 8) -> Image.Im
         canvas.paste(s, (x, 0))
         x += s.width + gap
     return canvas
+
+
+def free_stem(outdir: str | Path, stem: str) -> str:
+    """`stem`, or the first of STEM-2, STEM-3, ... whose sidecar and grid do not exist in `outdir` yet."""
+    out = Path(outdir)
+
+    def taken(name: str) -> bool:
+        return (out / f"{name}.json").exists() or (out / f"{name}-grid.png").exists()
+
+    if not taken(stem):
+        return stem
+    n = 2
+    while taken(f"{stem}-{n}"):
+        n += 1
+    return f"{stem}-{n}"
 
 
 def save_result(
@@ -94,5 +96,5 @@ def save_result(
         "input_size": list(original.size),
         "elapsed_s": round(result.elapsed_s, 3),
     }
-    _atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
     return sidecar

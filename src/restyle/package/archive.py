@@ -16,13 +16,13 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import restyle
 from restyle.errors import InvalidParameterError, ModelLoadError
+from restyle.files import atomic_write
 
 REQUIRED = ("feature_extractor", "scheduler", "text_encoder", "tokenizer", "unet", "vae")
 CODE_DEPS = (
@@ -155,18 +155,15 @@ def build_archive(
         entries.append((lora, f"styles/{name}/pytorch_lora_weights.safetensors"))
     entries += list(_code_files())
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         # gzip level 1: weights barely compress, and level 6 costs minutes on a 5 GB model
         with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
             for path, arcname in entries:
                 _add(tar, path, arcname)
             _add_bytes(tar, "code/requirements.txt", requirements().encode())
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(output, write)
     return [name for _, name in entries] + ["code/requirements.txt"]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from restyle.errors import RestyleError
+from restyle.files import atomic_write
 from restyle.inpaint.pipeline import CancelledError
 from restyle.serve.handler import as_error
 
@@ -465,6 +465,5 @@ class JobStore:
             return
         folder = self.root / job.id
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".job.json.tmp"
-        tmp.write_text(json.dumps(status, indent=2, default=str))
-        os.replace(tmp, folder / "job.json")
+        text = json.dumps(status, indent=2, default=str)
+        atomic_write(folder / "job.json", lambda tmp: Path(tmp).write_text(text))
