@@ -69,10 +69,12 @@ class MaskResult:
     protect: tuple[str, ...]
     prompt_areas: dict[str, float] = field(default_factory=dict)  # each garment prompt's own area
     params: MaskParams = field(default_factory=MaskParams)
+    preview: bool = False  # made by the preview segmenter: a placeholder, not a reading of the photo
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no pixels)."""
         return {
+            "preview": self.preview,
             "prompts": list(self.prompts),
             "protect": list(self.protect),
             "area": round(self.area, 5),
@@ -99,10 +101,18 @@ class BaseSegmenter:
 
     name = "base"
     model_id = ""
+    preview = False  # True for the tiny-model preview: its masks are placeholders
 
     def logits(self, image: Image.Image, texts: list[str]) -> np.ndarray:
         """Per-text logits at the image's own size: (len(texts), H, W) float32."""
         raise NotImplementedError
+
+    def role_logits(
+        self, image: Image.Image, garments: list[str], guards: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of the garment texts and of the protect texts, from one backend call."""
+        out = self.logits(image, [*garments, *guards])
+        return out[: len(garments)], out[len(garments) :]
 
     def segment(
         self,
@@ -131,11 +141,20 @@ class BaseSegmenter:
                 "garment: give at least one garment prompt, e.g. 'the dress'", field="garment"
             )
         guards = clean_prompts("protect", params.protect if protect is None else protect)
-        texts = [t.format(p) for p in (*garments, *guards) for t in params.templates]
-        logits = self.logits(image, texts)  # (P * T, H, W)
-        logits = logits.reshape(len(garments) + len(guards), len(params.templates), *logits.shape[1:]).mean(1)
-        probs = ops.activate(logits, params.activation)
-        return refine(probs[: len(garments)], probs[len(garments) :], garments, guards, params)
+        templated = [
+            [t.format(p) for p in prompts for t in params.templates] for prompts in (garments, guards)
+        ]
+        g_logits, p_logits = self.role_logits(image, *templated)  # (P * T, H, W), (Q * T, H, W)
+        n_t = len(params.templates)
+        g_probs = ops.activate(
+            g_logits.reshape(len(garments), n_t, *g_logits.shape[1:]).mean(1), params.activation
+        )
+        p_probs = ops.activate(
+            p_logits.reshape(len(guards), n_t, *p_logits.shape[1:]).mean(1), params.activation
+        )
+        result = refine(g_probs, p_probs, garments, guards, params)
+        result.preview = self.preview
+        return result
 
 
 def refine(

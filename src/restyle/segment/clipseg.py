@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from restyle.models.hub import load_pretrained
+from restyle.models.tiny import is_tiny
 from restyle.runtime import resolve_device, resolve_dtype
 from restyle.segment.base import BaseSegmenter
 from restyle.segment.ops import resize_map
@@ -50,6 +51,10 @@ class ClipSegSegmenter(BaseSegmenter):
         torch_dtype = resolve_dtype("fp32" if dtype == "auto" else dtype, dev)
         model = load_pretrained(CLIPSegForImageSegmentation, model_id, "segmenter", dtype=torch_dtype)
         processor = load_pretrained(CLIPSegProcessor, model_id, "segmenter")
+        if cls is ClipSegSegmenter and is_tiny(model_id):
+            from restyle.segment.preview import PreviewClipSegSegmenter
+
+            cls = PreviewClipSegSegmenter  # a restyle-built random model: placeholder masks (preview)
         return cls(model.to(dev), processor, model_id)
 
     @property

@@ -1,0 +1,54 @@
+"""The preview segmenter: the tiny random CLIPSeg plus a placeholder body layout.
+
+A tiny randomly initialised CLIPSeg scores every pixel near 0.5 ± a few hundredths, so at the default
+threshold it finds nothing, and "find the garment" could never be tried in preview mode. Here its logits
+(standardised, so they still shape the mask and every model path still runs) are added to a fixed layout
+of a standing person: garment prompts score high over the torso and hips, protect prompts over the head.
+The masks this gives are placeholders, labelled `preview` in every MaskResult; they say nothing about
+the photo. Real weights never go through this class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from restyle.segment.clipseg import ClipSegSegmenter
+
+# (centre x, centre y, radius x, radius y, peak logit) as fractions of the photo, for each role
+GARMENT_LAYOUT = (0.5, 0.48, 0.24, 0.24, 3.0)  # torso and hips: ~20% of a portrait photo at 0.4
+PROTECT_LAYOUT = (0.5, 0.13, 0.09, 0.08, 3.0)  # the head
+MODEL_WEIGHT = 0.5  # how much the tiny model's own (standardised) logits move the placeholder's edge
+
+
+def layout_logits(size: tuple[int, int], layout: tuple[float, float, float, float, float]) -> np.ndarray:
+    """An elliptic logit field (H, W): `peak` at the centre, 0 on the ellipse, falling outside it."""
+    cx, cy, rx, ry, peak = layout
+    w, h = size
+    ys = (np.arange(h, dtype=np.float32) + 0.5) / h
+    xs = (np.arange(w, dtype=np.float32) + 0.5) / w
+    d2 = ((xs[None, :] - cx) / rx) ** 2 + ((ys[:, None] - cy) / ry) ** 2
+    return np.clip(peak * (1.0 - d2), -8.0, peak)
+
+
+def _standardised(logits: np.ndarray) -> np.ndarray:
+    flat = logits.reshape(len(logits), -1)
+    mean, std = flat.mean(1, keepdims=True), flat.std(1, keepdims=True) + 1e-6
+    return ((flat - mean) / std).reshape(logits.shape)
+
+
+class PreviewClipSegSegmenter(ClipSegSegmenter):
+    """ClipSegSegmenter on a tiny restyle-built model (preview mode): placeholder masks, labelled so."""
+
+    name = "clipseg-preview"
+    preview = True
+
+    def role_logits(
+        self, image: Image.Image, garments: list[str], guards: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        garment_logits, guard_logits = super().role_logits(image, garments, guards)
+        g = layout_logits(image.size, GARMENT_LAYOUT) + MODEL_WEIGHT * _standardised(garment_logits)
+        p = guard_logits
+        if len(guards):
+            p = layout_logits(image.size, PROTECT_LAYOUT) + MODEL_WEIGHT * _standardised(guard_logits)
+        return g.astype(np.float32), np.asarray(p, dtype=np.float32)
