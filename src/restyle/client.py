@@ -11,23 +11,34 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import urllib.error
 import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from restyle.errors import RestyleError
+from restyle.errors import InvalidImageError, RestyleError
 from restyle.outputs import grid
+
+JOB_ID_HEADER = (
+    "X-Restyle-Job-Id"  # restyle.serve.routes reads it; repeated so the client needs no server code
+)
 
 __all__ = ["Client", "ServerError", "decode_image", "encode_image", "grid"]
 
 ImageInput = str | Path | bytes | Image.Image
 
 
-def encode_image(image: ImageInput, fmt: str = "PNG") -> str:
-    """A file path, raw file bytes or PIL image as a base64 string (files are sent as they are)."""
+def encode_image(image: ImageInput, fmt: str = "PNG", field: str = "image") -> str:
+    """A file path, raw file bytes or PIL image as a base64 string (files are sent as they are).
+
+    A file that cannot be read is an InvalidImageError naming `field`.
+    """
     if isinstance(image, Image.Image):
         buf = io.BytesIO()
         image.save(buf, format=fmt)
@@ -35,7 +46,10 @@ def encode_image(image: ImageInput, fmt: str = "PNG") -> str:
     elif isinstance(image, bytes):
         data = image
     else:
-        data = Path(image).read_bytes()
+        try:
+            data = Path(image).read_bytes()
+        except OSError as err:
+            raise InvalidImageError(f"{field}: cannot read {image}: {err.strerror}", field=field) from None
     return base64.b64encode(data).decode("ascii")
 
 
@@ -63,15 +77,25 @@ class Client:
         self.api_key = api_key
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         """One JSON request; errors raise ServerError with the server's message."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         if self.api_key:
             req.add_header("X-API-Key", self.api_key)
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             raw = err.read()
@@ -82,6 +106,10 @@ class Client:
             raise ServerError(err.code, parsed if isinstance(parsed, dict) else {"message": parsed}) from None
         except urllib.error.URLError as err:
             raise RestyleError(f"cannot reach {self.url}: {err.reason}") from err
+        except TimeoutError:
+            raise RestyleError(
+                f"{self.url}{path}: no answer within {timeout or self.timeout:g} s (raise --timeout)"
+            ) from None
 
     def ping(self) -> bool:
         """True when the server has loaded and warmed its models."""
@@ -102,23 +130,59 @@ class Client:
         steps: int = 25,
         guidance: float = 6.5,
         image_length: int = 512,
+        progress: Callable[[dict[str, Any]], None] | None = None,
         **extra: Any,
     ) -> list[Image.Image]:
-        """POST /invocations with the original payload; returns the decoded images."""
+        """POST /invocations with the original payload; returns the decoded images.
+
+        Args:
+            progress: called with the job's status (`state`, `step`, `total`, `position`) about twice a
+                second while the call waits. A restyle server reports it (the request names its job id
+                in the X-Restyle-Job-Id header); other endpoints never call it.
+            **extra: restyle's additive fields (seed, negative_prompt, style, mask_options, ...).
+        """
         payload: dict[str, Any] = {
             "inputs": prompt,
-            "input_img": encode_image(image),
+            "input_img": encode_image(image, field="input_img"),
             "num_inference_steps": steps,
             "guidance_scale": guidance,
             "num_images_per_prompt": num_images,
             "image_length": image_length,
         }
         if mask is not None:
-            payload["mask_img"] = encode_image(mask)
+            payload["mask_img"] = encode_image(mask, field="mask_img")
         if garment is not None:
             payload["mask_prompt"] = garment
         payload.update({k: v for k, v in extra.items() if v is not None})
-        return [decode_image(b) for b in self.request("POST", "/invocations", payload)["generated_images"]]
+        if progress is None:
+            answer = self.request("POST", "/invocations", payload)
+        else:
+            job_id = uuid.uuid4().hex
+            with self._following(job_id, progress):
+                answer = self.request("POST", "/invocations", payload, headers={JOB_ID_HEADER: job_id})
+        return [decode_image(b) for b in answer["generated_images"]]
+
+    @contextmanager
+    def _following(self, job_id: str, progress: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+        """Poll /v1/jobs/{job_id} in a thread while the body of the `with` runs."""
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(0.5):
+                try:
+                    status = self.request("GET", f"/v1/jobs/{job_id}", timeout=10.0)
+                except RestyleError:
+                    continue  # not queued yet, or an endpoint without restyle's job API
+                if isinstance(status, dict) and not done.is_set():
+                    progress(status)
+
+        thread = threading.Thread(target=poll, name="restyle-progress", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=15.0)
 
     def style(
         self,
@@ -144,16 +208,16 @@ class Client:
     ) -> dict[str, Any]:
         """POST /v1/style; the full JSON answer (images, seeds, mask, metadata, URLs)."""
         body: dict[str, Any] = {
-            "image": encode_image(image),
+            "image": encode_image(image, field="image"),
             **{k: v for k, v in fields.items() if v is not None},
         }
         if garment is not None:
             body["garment"] = garment
         if mask is not None:
-            body["mask"] = encode_image(mask)
+            body["mask"] = encode_image(mask, field="mask")
         return self.request("POST", "/v1/style", body)
 
     def segment(self, image: ImageInput, garment: str | list[str], **options: Any) -> Image.Image:
         """POST /v1/segment; the mask as a PIL `L` image."""
-        body = {"image": encode_image(image), "garment": garment, **options}
+        body = {"image": encode_image(image, field="image"), "garment": garment, **options}
         return decode_image(self.request("POST", "/v1/segment", body)["mask"])

@@ -260,7 +260,11 @@ class Service:
                 seed=req.seed,
                 size=req.image_length,
             )
-            prepared, _ = self.engine.prepare(photo, params, garment=garment, mask=mask, style=req.style)
+            options = req.mask_options
+            mask_params = _mask_params(options) if options is not None else None
+            prepared, _ = self.engine.prepare(
+                photo, params, garment=garment, mask=mask, mask_params=mask_params, style=req.style
+            )
         except RestyleError as err:
             _renamed(err, {**INVOCATION_FIELDS, "garment": text_field})
             raise
@@ -298,6 +302,7 @@ class Service:
             "confidence": res.confidence,
             "prompt_areas": dict(res.prompt_areas),
             "size": photo.size,
+            "preview": res.preview,
         }
 
     def prepare_style(self, req: StyleRequest, *, request_id: str) -> Pending:

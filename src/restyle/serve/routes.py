@@ -6,13 +6,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from restyle.errors import RestyleError
+from restyle.errors import InvalidParameterError, RestyleError
 from restyle.serve.handler import encode_base64, request_prompt
 from restyle.serve.jobs import TERMINAL, Batchable, Job, NotReadyError, TimeoutExceededError
 from restyle.serve.schemas import (
@@ -51,27 +51,42 @@ def _state(request: Request) -> Any:
     return request.app.state.restyle
 
 
-def job_for(state: Any, kind: str, run: Any) -> Job:
+JOB_ID_HEADER = (
+    "X-Restyle-Job-Id"  # a client-chosen job id, so a waiting client can follow the job's progress
+)
+
+
+def job_for(state: Any, kind: str, run: Any, job_id: str | None = None) -> Job:
     """Queue image work: a callable, or a Batchable (503 while loading, after a failed load, or when the
-    queue is full)."""
+    queue is full). `job_id` is a client's own id for the job (JOB_ID_HEADER), checked here."""
     if not state.ready or state.service is None:
         if state.load_error:
             raise NotReadyError(f"models failed to load: {state.load_error}")
         raise NotReadyError(f"not ready: {state.phase}; retry shortly (GET /ping says when)")
     batch = run if isinstance(run, Batchable) else None
     job = Job(run=None if batch else run, batch=batch, kind=kind, timeout_s=state.settings.timeout_s)
+    if job_id is not None:
+        if not (8 <= len(job_id) <= 64 and job_id.isascii() and job_id.isalnum()):
+            raise InvalidParameterError(
+                f"{JOB_ID_HEADER}: 8 to 64 letters or digits, got {job_id[:80]!r}", field=JOB_ID_HEADER
+            )
+        if state.store.get(job_id) is not None:
+            raise InvalidParameterError(
+                f"{JOB_ID_HEADER}: job {job_id!r} exists already", field=JOB_ID_HEADER
+            )
+        job.id = job_id
     state.worker.submit(job)
     state.store.add(job)
     return job
 
 
-async def _run(request: Request, kind: str, work: Any) -> tuple[Job, Any]:
+async def _run(request: Request, kind: str, work: Any, job_id: str | None = None) -> tuple[Job, Any]:
     """Queue work, wait for it (bounded by the server's timeout); returns (job, its result).
 
     The result leaves the job record here, so finished jobs kept for status queries hold no images.
     """
     state = _state(request)
-    job = job_for(state, kind, work)
+    job = job_for(state, kind, work, job_id)
     if not await job.wait(state.settings.timeout_s):
         state.worker.cancel(job, timed_out=True)
         raise TimeoutExceededError(f"timed out after {state.settings.timeout_s:g} s (queue wait + run)")
@@ -111,14 +126,25 @@ async def ping(request: Request) -> JSONResponse:
     responses=ERRORS,
     summary="The original endpoint contract: prompt + base64 photo + base64 mask (or mask_prompt) -> images",
 )
-async def invocations(req: InvocationRequest, request: Request) -> Any:
+async def invocations(
+    req: InvocationRequest,
+    request: Request,
+    job_id: Annotated[
+        str | None,
+        Header(
+            alias=JOB_ID_HEADER,
+            description="Extension: your own id (8-64 letters/digits) for this request's job, so you can "
+            "follow its progress at /v1/jobs/{id} (or /events) while this call waits.",
+        ),
+    ] = None,
+) -> Any:
     accept = request.headers.get("accept")
     work = Batchable(
         prepare=lambda job: _state(request).service.prepare_invocation(req, accept=accept, request_id=job.id),
         run=_denoise(request),
         finish=lambda job, pending, result: pending.finish(result),
     )
-    _, result = await _run(request, "invoke", work)
+    _, result = await _run(request, "invoke", work, job_id)
     return result
 
 

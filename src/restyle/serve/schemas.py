@@ -43,6 +43,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+class MaskOptions(Strict):
+    """How garment text becomes a mask (see restyle.segment.MaskParams)."""
+
+    threshold: float = Field(0.4, ge=0.0, le=1.0)
+    grow: int = Field(6, ge=-MAX_GROW, le=MAX_GROW, description="Pixels to dilate (negative: erode).")
+    feather: int = Field(6, ge=0, le=MAX_GROW, description="Pixels of soft outward edge.")
+    activation: Literal["sigmoid", "ndtr"] = "sigmoid"
+    protect: list[Text] | None = Field(
+        None,
+        max_length=MAX_PROMPTS,
+        description="Regions never repainted; default face, hands, hair; [] = none.",
+    )
+
+
 class InvocationRequest(Strict):
     """POST /invocations: the original endpoint's payload. Extensions are optional and additive."""
 
@@ -75,25 +89,16 @@ class InvocationRequest(Strict):
     image_format: Literal["jpeg", "png"] | None = Field(
         None, description="Extension: encoding of `generated_images`; `Accept: image/png` also selects PNG."
     )
+    mask_options: MaskOptions | None = Field(
+        None,
+        description="Extension: how `mask_prompt` text becomes a mask (threshold, grow, feather, protect); "
+        "with `mask_img`, only grow and feather apply.",
+    )
 
 
 class InvocationResponse(BaseModel):
     generated_images: list[str] = Field(description="base64 JPEG (or PNG) images, one per variant.")
     seeds: list[int] = Field(description="Extension: the seed of each image.")
-
-
-class MaskOptions(Strict):
-    """How garment text becomes a mask (see restyle.segment.MaskParams)."""
-
-    threshold: float = Field(0.4, ge=0.0, le=1.0)
-    grow: int = Field(6, ge=-MAX_GROW, le=MAX_GROW, description="Pixels to dilate (negative: erode).")
-    feather: int = Field(6, ge=0, le=MAX_GROW, description="Pixels of soft outward edge.")
-    activation: Literal["sigmoid", "ndtr"] = "sigmoid"
-    protect: list[Text] | None = Field(
-        None,
-        max_length=MAX_PROMPTS,
-        description="Regions never repainted; default face, hands, hair; [] = none.",
-    )
 
 
 class SegmentRequest(MaskOptions):
@@ -110,6 +115,9 @@ class SegmentResponse(BaseModel):
     confidence: float
     prompt_areas: dict[str, float]
     size: tuple[int, int]
+    preview: bool = Field(
+        False, description="A placeholder mask from the tiny preview segmenter, not a reading of the photo."
+    )
 
 
 class PromptFields(Strict):
