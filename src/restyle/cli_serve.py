@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
-from restyle.cli import PREVIEW_BANNER, Device, InpainterOpt, Segmenter, _quiet, app
+from restyle.cli import Device, InpainterOpt, Segmenter, _quiet, app
 from restyle.errors import InvalidParameterError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -66,18 +72,18 @@ def serve(
     import uvicorn
 
     from restyle.config import load_model_config
-    from restyle.models.hub import resolve_or_preview
+    from restyle.models.hub import preview_notice, resolve_or_preview
     from restyle.serve.app import ServerSettings, create_app, default_service_factory
 
     _quiet()
     for name, value, low in (
         ("queue-size", queue_size, 1),
         ("max-batch", max_batch, 1),
-        ("port", port, 1),
         ("max-body-mb", max_body_mb, 0.001),
     ):
         if value < low:
             raise InvalidParameterError(f"--{name}: {value} is below {low}", field=name)
+    sock = bind(host, port)  # before any model loads: a taken port fails now, in one line
     if host not in LOOPBACK and not api_key:
         typer.secho(
             f"WARNING: listening on {host} without an API key: anyone who reaches this port can use it. "
@@ -90,7 +96,7 @@ def serve(
     config = load_model_config(segmenter=segmenter, inpainter=inpainter, device=device)
     resolved = resolve_or_preview(config)
     if resolved.preview:
-        typer.secho(PREVIEW_BANNER, fg=typer.colors.YELLOW, err=True)
+        typer.secho(preview_notice(resolved.missing), fg=typer.colors.YELLOW, err=True)
     settings = ServerSettings(
         api_key=api_key or None,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -103,8 +109,37 @@ def serve(
         warmup=warmup,
     )
     fastapi_app = create_app(settings, lambda s: default_service_factory(s, resolved.config))
-    typer.echo(f"restyle serving on http://{host}:{port}  (docs: /docs, health: /ping, results: {output})")
-    uvicorn.run(fastapi_app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"restyle serving on http://{shown}:{port}  (docs: /docs, health: /ping, results: {output})")
+    uv_config = uvicorn.Config(
+        fastapi_app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30
+    )
+    uvicorn.Server(uv_config).run(sockets=[sock])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port for the server, or an error that names the port and why."""
+    if not 1 <= port <= 65535:
+        raise InvalidParameterError(f"--port: {port} is out of range [1, 65535]", field="port")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise InvalidParameterError(
+            f"--host: cannot resolve {host!r} ({err.strerror})", field="host"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no clash
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        hint = "; stop what uses it or pick another --port" if err.errno == errno.EADDRINUSE else ""
+        raise InvalidParameterError(
+            f"--port: cannot listen on {host}:{port} ({err.strerror}){hint}", field="port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()
@@ -131,24 +166,57 @@ def invoke(
     from restyle.images import load_image
     from restyle.outputs import save_png
 
+    for name, path in (("IMAGE", image), ("--mask", mask)):
+        if path is not None and not path.is_file():
+            raise InvalidParameterError(f"{name}: no such file: {path}", field=name)
+    photo = load_image(image, field="IMAGE")
     client = Client(url, api_key=api_key, timeout=timeout)
-    images = client.invoke(
-        image,
-        prompt,
-        mask=mask,
-        garment=garment,
-        num_images=num_images,
-        steps=steps,
-        guidance=guidance,
-        image_length=length,
-        seed=seed,
-        style=style,
-    )
+    with _job_progress(f"{num_images} image(s), {steps} steps at {length} px") as progress:
+        images = client.invoke(
+            image,
+            prompt,
+            mask=mask,
+            garment=garment,
+            num_images=num_images,
+            steps=steps,
+            guidance=guidance,
+            image_length=length,
+            seed=seed,
+            style=style,
+            progress=progress,
+        )
     output.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
         img.save(output / f"invoke-{i}.jpg")
-    save_png(grid([load_image(image), *images]), output / "invoke-grid.png")
+    save_png(grid([photo, *images]), output / "invoke-grid.png")
     typer.echo(f"{len(images)} images -> {output} (grid: {output / 'invoke-grid.png'})")
+
+
+@contextmanager
+def _job_progress(what: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress bar fed with a server job's status: queue position, then denoising steps."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=not sys.stderr.isatty(),
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task(f"Waiting for the server: {what}", total=None)
+
+        def update(status: dict[str, Any]) -> None:
+            if status.get("state") == "queued":
+                ahead = status.get("position")
+                bar.update(task, description=f"Queued ({ahead} ahead): {what}")
+            elif status.get("total"):
+                bar.update(
+                    task, description=f"Generating {what}", completed=status["step"], total=status["total"]
+                )
+
+        yield update
 
 
 def _print_json(data: object) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from restyle.cli import _quiet, app
+from restyle.config import DEFAULT_INPAINTER, DEFAULT_SEGMENTER
 from restyle.errors import InvalidParameterError, RestyleError
 
 DEFAULT_LR = {"dreambooth": 2e-6, "lora": 1e-4}  # full fine-tuning needs a far smaller step than adapters
@@ -31,9 +32,13 @@ def _seeds(text: str) -> tuple[int, ...]:
 @app.command(no_args_is_help=True)
 def train(
     mode: Annotated[str, typer.Argument(help="dreambooth (full model) or lora (adapters).")],
-    base: Annotated[str, typer.Option(help="Base inpainting model: hub id or diffusers folder.")] = (
-        "stabilityai/stable-diffusion-2-inpainting"
-    ),
+    base: Annotated[
+        str | None,
+        typer.Option(
+            help="Base inpainting model: hub id or diffusers folder [env RESTYLE_INPAINTER; default: "
+            f"{DEFAULT_INPAINTER}]."
+        ),
+    ] = None,
     instance_dir: Annotated[
         Path, typer.Option(help="Photos of the garment class (+ metadata.jsonl, masks/).")
     ] = Path("instance"),
@@ -51,8 +56,11 @@ def train(
     masks: Annotated[str, typer.Option(help="Mask sources and shares: random, segment, file.")] = "random",
     garment: Annotated[str, typer.Option(help="What 'segment' masks cover, e.g. 'the skirt'.")] = "",
     segmenter: Annotated[
-        str, typer.Option(help="Segmenter for 'segment' masks.")
-    ] = "CIDAS/clipseg-rd64-refined",
+        str | None,
+        typer.Option(
+            help=f"Segmenter for 'segment' masks [env RESTYLE_SEGMENTER; default: {DEFAULT_SEGMENTER}]."
+        ),
+    ] = None,
     mask_dir: Annotated[Path | None, typer.Option(help="User masks (default INSTANCE_DIR/masks).")] = None,
     fit: Annotated[str, typer.Option(help="crop (square around the garment) or pad (whole photo).")] = "crop",
     resolution: Annotated[int, typer.Option(help="Training side in pixels (512 or 768).")] = 512,
@@ -140,10 +148,37 @@ def _config(opts: dict[str, Any]) -> Any:
     return config
 
 
+def _models(opts: dict[str, Any]) -> dict[str, Any]:
+    """--base and --segmenter through the one settings resolution (file -> env -> flags)."""
+    from restyle.config import load_model_config
+
+    models = load_model_config(inpainter=opts["base"], segmenter=opts["segmenter"])
+    return {**opts, "base": models.inpainter, "segmenter": models.segmenter}
+
+
+def _check_available(config: Any) -> None:
+    """A missing base (or segmenter for segment masks): one line that says what to run, before any work."""
+    from restyle.models.hub import is_available, live_id
+
+    wanted = [("base", "--inpainter", "RESTYLE_INPAINTER", config.base, "a diffusers inpainting folder")]
+    if any(source == "segment" for source, _ in config.masks):
+        wanted.append(("segmenter", "--segmenter", "RESTYLE_SEGMENTER", config.segmenter, "a CLIPSeg folder"))
+    for field, pull_flag, env, model_id, what in wanted:
+        if not is_available(model_id):
+            raise RestyleError(
+                f"--{field} '{model_id}' is not on this machine: run `restyle models pull {pull_flag} "
+                f"{live_id(model_id)}` where the hub is reachable, or point --{field} (or {env}) at {what}; "
+                "to try the flow on tiny random models: `restyle models tiny -o models/tiny`, then "
+                f"--{field} models/tiny/{'inpainter' if field == 'base' else 'segmenter'}",
+                field=field,
+            )
+
+
 def _train(opts: dict[str, Any]) -> None:
     from restyle.train import Trainer
 
-    config = _config(opts)
+    config = _config(_models(opts))
+    _check_available(config)
     _quiet()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
@@ -174,7 +209,9 @@ def captions(
     typer.echo(f"wrote {out}: fill in style, length, fit, color, pattern, fabric (see `restyle vocab`)")
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; figures go to docs/PERFORMANCE.md.")
+bench_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Benchmarks; figures go to docs/PERFORMANCE.md."
+)
 app.add_typer(bench_app, name="bench")
 
 

@@ -5,6 +5,7 @@ Used by the CLI and (later) the server; models load once, on first use.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from PIL import Image
@@ -16,9 +17,26 @@ from restyle.models.tiny import is_tiny
 from restyle.segment import BaseSegmenter, MaskParams, MaskResult, load_segmenter
 from restyle.segment.ops import feather, grow
 
+log = logging.getLogger("restyle")
+
 
 class Restyler:
     """A segmenter and an inpainter, each loaded the first time it is needed."""
+
+    @classmethod
+    def auto(cls, config: ModelConfig | None = None) -> Restyler:
+        """The configured models (`config`, else defaults -> config file -> RESTYLE_* env) when their
+        weights are on this machine; otherwise the tiny-model preview, with a warning that says so.
+
+        A folder that does not exist is an error (ModelNotFoundError), never a preview.
+        """
+        from restyle.config import load_model_config
+        from restyle.models.hub import preview_notice, resolve_or_preview
+
+        resolved = resolve_or_preview(config or load_model_config())
+        if resolved.preview:
+            log.warning(preview_notice(resolved.missing))
+        return cls(resolved.config, preview=resolved.preview)
 
     def __init__(
         self,
