@@ -50,7 +50,6 @@ def test_defaults_png_seed_and_mask_prompt(client, photo, box_mask):
     by_text = dict(payload, mask_img=None, mask_prompt="the dress")
     del by_text["mask_img"]
     r = client.post("/invocations", json=by_text)
-    # the tiny random segmenter may find nothing at the default threshold: either way a clean answer
-    assert r.status_code in (200, 422), r.text
-    if r.status_code == 422:
-        assert r.json()["error"] == "no_garment_found"
+    # preview mode: the default threshold finds the placeholder garment
+    assert r.status_code == 200, r.text
+    assert len(r.json()["generated_images"]) == payload.get("num_images_per_prompt", 2)

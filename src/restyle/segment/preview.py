@@ -1,7 +1,8 @@
 """The preview segmenter: the tiny random CLIPSeg plus a placeholder body layout.
 
-A tiny randomly initialised CLIPSeg scores every pixel near 0.5 ± a few hundredths, so at the default
-threshold it finds nothing, and "find the garment" could never be tried in preview mode. Here its logits
+A tiny randomly initialised CLIPSeg scores every text alike, so the protected regions (face, hands, hair)
+cover whatever it finds and nothing is left at the default settings: "find the garment" could never be tried
+in preview mode. Here its logits
 (standardised, so they still shape the mask and every model path still runs) are added to a fixed layout
 of a standing person: garment prompts score high over the torso and hips, protect prompts over the head.
 The masks this gives are placeholders, labelled `preview` in every MaskResult; they say nothing about

@@ -70,7 +70,8 @@ def job_for(state: Any, kind: str, run: Any, job_id: str | None = None) -> Job:
             raise InvalidParameterError(
                 f"{JOB_ID_HEADER}: 8 to 64 letters or digits, got {job_id[:80]!r}", field=JOB_ID_HEADER
             )
-        if state.store.get(job_id) is not None:
+        root = state.store.root
+        if state.store.get(job_id) is not None or (root is not None and (root / job_id).exists()):
             raise InvalidParameterError(
                 f"{JOB_ID_HEADER}: job {job_id!r} exists already", field=JOB_ID_HEADER
             )

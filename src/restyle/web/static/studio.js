@@ -20,6 +20,7 @@ const state = {
   photoSeq: 0, // bumped on every photo change: late answers about an older photo are dropped
   segmented: false,
   confidence: undefined,
+  previewMask: false,
   job: null, // {id, abort, cancelRequested}
   promptEdited: false,
   promptSeq: 0,
@@ -233,6 +234,7 @@ async function segmentOnce() {
     mask.close();
     state.segmented = true;
     state.confidence = res.confidence;
+    state.previewMask = Boolean(res.preview);
     showCoverage();
   } catch (err) {
     if (seq !== state.photoSeq) return;
@@ -263,7 +265,8 @@ function showCoverage() {
   const n = editor.strokes.length;
   const edits = n ? `, ${n} hand edit${n > 1 ? "s" : ""}` : "";
   const conf = state.segmented && state.confidence !== undefined ? `, segmenter confidence ${state.confidence.toFixed(2)}` : "";
-  $("mask-info").textContent = `Mask: ${share.toFixed(1)}% of the photo will be repainted${edits}${conf}.`;
+  const placeholder = state.segmented && state.previewMask ? " Preview mask: a placeholder shape, not a reading of the photo." : "";
+  $("mask-info").textContent = `Mask: ${share.toFixed(1)}% of the photo will be repainted${edits}${conf}.${placeholder}`;
   $("mask-info").dataset.coverage = share.toFixed(3);
 }
 
