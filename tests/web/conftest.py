@@ -3,6 +3,10 @@
 Chromium is Debian's (`apt install chromium`), driven by Playwright with `executable_path`; Playwright's own
 browser download is not used. Without Chromium or Playwright these tests are skipped with the reason, unless
 RESTYLE_REQUIRE_BROWSER=1 (CI sets it), where that is a failure.
+
+No wait here is a wall-clock budget for the work itself: a test waits for the server to report that its job
+ended, then for the page to show it. The timeouts below are only safety nets for a hung server or page, sized
+for a shared, busy machine rather than a fast one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from restyle.serve.jobs import TERMINAL
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -30,6 +36,10 @@ CHROMIUM_ARGS = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("RESTYLE_SCREENSHOTS", REPO / "out" / "screenshots"))
+# Safety nets, not budgets: each wait ends as soon as its condition holds.
+PAGE_TIMEOUT_S = 360.0  # a page wait: over the server's 300 s request timeout, so its answer comes first
+JOB_TIMEOUT_S = 900.0  # a job's queue wait and run, on a busy machine
+START_TIMEOUT_S = 600.0  # a server's start (tiny models built, warm-up), on a busy machine
 
 
 def _chromium() -> str | None:
@@ -73,24 +83,59 @@ class LiveServer:
         home = root / "home"
         home.mkdir(parents=True, exist_ok=True)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RESTYLE_")}
-        clean.update(HOME=str(home), HF_HUB_OFFLINE="1", RESTYLE_CACHE=str(root / "cache"), **(env or {}))
+        clean.update(HOME=str(home), HF_HUB_OFFLINE="1", RESTYLE_CACHE=str(root / "cache"))
+        # one thread: the tiny models gain nothing from more, and on a busy machine threads that wait on
+        # each other at every op make each step several times slower
+        clean.update(OMP_NUM_THREADS="1", **(env or {}))
+        key = (env or {}).get("RESTYLE_API_KEY")
+        self.headers = {"X-API-Key": key} if key else {}
         cmd = [sys.executable, "-m", "restyle", "serve", "--port", str(self.port), "-o", str(self.output)]
         cmd += extra
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(cmd, env=clean, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, timeout: float = 180.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait for /ping to say ready; fails at once when the server exits or reports a failed load."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log_path.read_text()}")
             try:
-                if httpx.get(self.url + "/ping", timeout=2).status_code == 200:
-                    return
+                response = httpx.get(self.url + "/ping", timeout=10)
             except httpx.HTTPError:
-                pass
+                response = None
+            if response is not None and response.status_code == 200:
+                return
+            if response is not None and response.json().get("status") == "failed":
+                raise AssertionError(f"server failed to load: {response.text}\n{self.log_path.read_text()}")
             time.sleep(0.2)
         raise AssertionError(f"server not ready after {timeout}s:\n{self.log_path.read_text()}")
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}: the job's state, step and (when done) result."""
+        response = httpx.get(f"{self.url}/v1/jobs/{job_id}", headers=self.headers, timeout=30)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def wait_job(self, job_id: str, timeout: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+        """Poll the job until the server reports it ended (done, failed or cancelled); its final status."""
+        deadline = time.monotonic() + timeout
+        status = self.job(job_id)
+        while status["state"] not in TERMINAL:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"job {job_id} still {status['state']} after {timeout}s: {status}")
+            time.sleep(0.1)
+            status = self.job(job_id)
+        return status
+
+    def cancel_unfinished(self, job_ids: list[str]) -> None:
+        """Cancel the jobs that have not ended and wait for them, so no leftover work slows the next test."""
+        if self.proc.poll() is not None:
+            return
+        for job_id in job_ids:
+            if self.job(job_id)["state"] not in TERMINAL:
+                httpx.post(f"{self.url}/v1/jobs/{job_id}/cancel", headers=self.headers, timeout=30)
+                self.wait_job(job_id)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -147,20 +192,71 @@ def watch_errors(tab: Any) -> PageErrors:
     return errors
 
 
-@pytest.fixture
-def page(browser: Any, live_server: LiveServer) -> Iterator[Any]:
-    """A fresh browser context on the studio (empty storage), failing the test on any JavaScript error."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-    context.set_default_timeout(30_000)
-    try:
+def creates_job(response: Any) -> bool:
+    """Whether a page's response is the answer to POST /v1/jobs."""
+    return bool(response.request.method == "POST" and response.url.endswith("/v1/jobs"))
+
+
+def watch_jobs(tab: Any) -> list[str]:
+    """The ids of the jobs the page creates, as the server names them (its 202's Location)."""
+    ids: list[str] = []
+
+    def response(resp: Any) -> None:
+        if creates_job(resp) and resp.status == 202:
+            ids.append(resp.headers["location"].rsplit("/", 1)[-1])
+
+    tab.on("response", response)
+    return ids
+
+
+class Studio:
+    """Studio pages for one test, each in a fresh browser context (empty storage) with a generous default
+    timeout; `close` shuts them, cancels the jobs they left unfinished and returns their JavaScript errors."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.opened: list[tuple[Any, LiveServer, PageErrors, list[str]]] = []
+
+    def open(
+        self, server: LiveServer, *, ready: bool = True, init_script: str | None = None, **options: Any
+    ) -> Any:
+        """A page on `server`'s studio; with `ready`, once the studio says the server is ready."""
+        options = {"viewport": {"width": 1400, "height": 1000}, "accept_downloads": True, **options}
+        context = self.browser.new_context(**options)
+        context.set_default_timeout(PAGE_TIMEOUT_S * 1000)
+        if init_script:
+            context.add_init_script(init_script)
         tab = context.new_page()
-        errors = watch_errors(tab)
-        tab.goto(live_server.url + "/")
-        tab.wait_for_selector("#server-status[data-ready=true]")
-        yield tab
+        self.opened.append((context, server, watch_errors(tab), watch_jobs(tab)))
+        tab.goto(server.url + "/")
+        if ready:
+            tab.wait_for_selector("#server-status[data-ready=true]")
+        return tab
+
+    def close(self) -> list[str]:
+        errors: list[str] = []
+        for context, server, page_errors, jobs in self.opened:
+            context.close()
+            server.cancel_unfinished(jobs)
+            errors += page_errors
+        return errors
+
+
+@pytest.fixture
+def studio(browser: Any) -> Iterator[Studio]:
+    """Open studio pages with `studio.open(server)`; the test fails on any JavaScript error in them."""
+    pages = Studio(browser)
+    try:
+        yield pages
     finally:
-        context.close()
+        errors = pages.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def page(studio: Studio, live_server: LiveServer) -> Any:
+    """The studio on the shared live server, ready, failing the test on any JavaScript error."""
+    return studio.open(live_server)
 
 
 def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
