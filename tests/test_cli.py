@@ -239,7 +239,7 @@ def test_style_twice_into_one_folder_overwrites_nothing(tmp_path, photo_file, mo
     _ok([*args, "--seed", "1", *model_flags])
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     second = _ok([*args, "--seed", "2", *model_flags])
-    assert "restyle.json exists" in second.output and "restyle-2-0-seed2.png" in second.output
+    assert "restyle-* exists" in second.output and "restyle-2-0-seed2.png" in second.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in first} == first
     assert (out / "restyle-2.json").is_file() and (out / "restyle-2-grid.png").is_file()
     third = _ok([*args, "--seed", "3", *model_flags])
@@ -248,9 +248,6 @@ def test_style_twice_into_one_folder_overwrites_nothing(tmp_path, photo_file, mo
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_outputs_honour_the_umask(tmp_path, photo_file, model_flags, umask, mode):
-    from restyle import files
-
-    files.current_umask.cache_clear()
     old = os.umask(umask)
     try:
         out = tmp_path / "out"
@@ -259,8 +256,7 @@ def test_outputs_honour_the_umask(tmp_path, photo_file, model_flags, umask, mode
         _ok(["sample", str(tmp_path / "photo.jpg")])
     finally:
         os.umask(old)
-        files.current_umask.cache_clear()
-    written = [*out.iterdir(), tmp_path / "photo.jpg"]
+        written = [*out.iterdir(), tmp_path / "photo.jpg"]
     assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(mode)}
 
 
@@ -352,3 +348,70 @@ def test_train_without_its_base_says_what_to_run(monkeypatch, capsys, tmp_path, 
     monkeypatch.setenv("RESTYLE_INPAINTER", str(tiny_models["inpainter"]))  # the env is honoured
     code, err = _main(monkeypatch, capsys, args)
     assert code == 2 and "--instance-dir: no such folder" in err
+
+
+def test_sample_never_replaces_a_file_without_force(tmp_path):
+    own = tmp_path / "photo.jpg"
+    own.write_bytes(b"my own photo")
+    result = runner.invoke(app, ["sample", str(own)])
+    assert result.exit_code != 0 and "exists" in str(result.exception)
+    assert own.read_bytes() == b"my own photo"
+    _ok(["sample", str(own), "--force"])
+    assert Image.open(own).size == (384, 576)
+
+
+def test_two_runs_started_together_reserve_two_stems(tmp_path):
+    from restyle.outputs import release_stem, reserve_stem
+
+    first, second = reserve_stem(tmp_path, "look"), reserve_stem(tmp_path, "look")
+    assert (first, second) == ("look", "look-2")
+    release_stem(tmp_path, second)  # a failed run gives its stem back
+    assert not (tmp_path / "look-2.json").exists() and reserve_stem(tmp_path, "look") == "look-2"
+    (tmp_path / "other-0-seed5.png").write_bytes(b"x")  # any file of a stem takes it
+    assert reserve_stem(tmp_path, "other") == "other-2"
+
+
+def test_a_failed_style_run_leaves_no_reservation(monkeypatch, capsys, tmp_path, photo_file, model_flags):
+    import restyle.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_run_style", interrupted)
+    args = ["style", str(photo_file), "-g", "dress", "-p", "x", "-o", str(tmp_path / "o"), *model_flags]
+    code, _ = _main(monkeypatch, capsys, args)
+    assert code == 130 and list((tmp_path / "o").iterdir()) == []
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "127.0.0.1", "localhost"])
+def test_serve_binds_every_address_of_its_host(host):
+    import socket
+
+    from restyle.cli_serve import bind
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sockets = bind(host, port)
+    try:
+        assert sockets and all(s.getsockname()[1] == port for s in sockets)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # loopback IPv4 reaches it for each of these hosts
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_a_file_or_a_typo_under_a_local_folder_is_an_error_not_a_preview(
+    monkeypatch, capsys, tmp_path, photo_file
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for bad, says in ((str(photo_file), "not a folder"), ("models/inpainterr", "no such folder")):
+        code, err = _main(
+            monkeypatch, capsys, ["style", str(photo_file), "-g", "x", "-p", "x", "--inpainter", bad]
+        )
+        assert code == 2 and says in err and "PREVIEW" not in err, err
+    args = ["train", "lora", "--base", "./nope", "--instance-dir", "x", "--instance-prompt", "sks"]
+    code, err = _main(monkeypatch, capsys, args)
+    assert code == 2 and "no such folder" in err and "models pull" not in err

@@ -201,7 +201,7 @@ def style(
     """Restyle a garment in IMAGE: mask it from --garment text (or --mask) and repaint it from --prompt."""
     from restyle.images import load_image, load_mask
     from restyle.inpaint import StyleParams
-    from restyle.outputs import free_stem, save_result
+    from restyle.outputs import release_stem, reserve_stem, save_result
     from restyle.prompts import build_prompt
 
     if (not garment) == (mask_file is None):
@@ -241,7 +241,6 @@ def style(
     mparams.check()
     photo = load_image(image, field="IMAGE")
     given = load_mask(mask_file, size=photo.size, field="--mask") if mask_file else None
-    requested_stem, stem = stem, free_stem(output, stem)
     if lora is not None and not lora.exists():
         raise RestyleError(f"--lora: no such file or folder: {lora}", field="lora")
     engine = _restyler(
@@ -250,14 +249,17 @@ def style(
     if lora is not None:
         engine.inpainter.load_style("lora", str(lora))
     style_kwargs = {"style": "lora", "style_scale": lora_scale} if lora is not None else {}
-    result, _ = _run_style(
-        engine, photo, params, garment, given, mparams if given is None else None, **style_kwargs
-    )
-    sidecar = save_result(result, photo, output, stem)
-    if stem != requested_stem:
-        typer.echo(
-            f"({output / (requested_stem + '.json')} exists: this run is {stem}-*, nothing overwritten)"
+    requested_stem, stem = stem, reserve_stem(output, stem)
+    try:
+        result, _ = _run_style(
+            engine, photo, params, garment, given, mparams if given is None else None, **style_kwargs
         )
+        sidecar = save_result(result, photo, output, stem)
+    except BaseException:
+        release_stem(output, stem)
+        raise
+    if stem != requested_stem:
+        typer.echo(f"({output / requested_stem}-* exists: this run is {stem}-*, nothing overwritten)")
     for item in sidecar["images"]:
         typer.echo(f"{output / item['file']}  seed={item['seed']}")
     typer.echo(
@@ -355,12 +357,17 @@ def sample(
     output: Annotated[Path, typer.Argument(help="Where to write it (.png, .jpg, .webp).")] = Path(
         "photo.jpg"
     ),
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Write the bundled sample photo (a drawn figure in a red dress) to try the other commands on."""
     from restyle.errors import InvalidParameterError
     from restyle.files import atomic_write
     from restyle.samples import sample_photo
 
+    if output.exists() and not force:
+        raise InvalidParameterError(
+            f"OUTPUT: {output} exists; pick another name or add --force to replace it", field="output"
+        )
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
     fmt = formats.get(output.suffix.lower())
     if fmt is None:

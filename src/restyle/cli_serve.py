@@ -83,7 +83,6 @@ def serve(
     ):
         if value < low:
             raise InvalidParameterError(f"--{name}: {value} is below {low}", field=name)
-    sock = bind(host, port)  # before any model loads: a taken port fails now, in one line
     if host not in LOOPBACK and not api_key:
         typer.secho(
             f"WARNING: listening on {host} without an API key: anyone who reaches this port can use it. "
@@ -93,6 +92,7 @@ def serve(
         )
     loras = _loras(lora)
     _check_loras(loras)
+    sockets = bind(host, port)  # before any model loads: a taken port fails now, in one line
     config = load_model_config(segmenter=segmenter, inpainter=inpainter, device=device)
     resolved = resolve_or_preview(config)
     if resolved.preview:
@@ -109,37 +109,51 @@ def serve(
         warmup=warmup,
     )
     fastapi_app = create_app(settings, lambda s: default_service_factory(s, resolved.config))
-    shown = f"[{host}]" if ":" in host else host
+    shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
     typer.echo(f"restyle serving on http://{shown}:{port}  (docs: /docs, health: /ping, results: {output})")
     uv_config = uvicorn.Config(
         fastapi_app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30
     )
-    uvicorn.Server(uv_config).run(sockets=[sock])
+    try:
+        uvicorn.Server(uv_config).run(sockets=sockets)
+    except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raised Ctrl-C
+        typer.echo("restyle stopped")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port for the server, or an error that names the port and why."""
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to ("" or 0.0.0.0/:: for all interfaces), or
+    an error that names the flag at fault and why."""
     if not 1 <= port <= 65535:
         raise InvalidParameterError(f"--port: {port} is out of range [1, 65535]", field="port")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise InvalidParameterError(
             f"--host: cannot resolve {host!r} ({err.strerror})", field="host"
         ) from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no clash
-        sock.bind(address)
-        sock.listen(2048)
-    except OSError as err:
-        sock.close()
-        hint = "; stop what uses it or pick another --port" if err.errno == errno.EADDRINUSE else ""
-        raise InvalidParameterError(
-            f"--port: cannot listen on {host}:{port} ({err.strerror}){hint}", field="port"
-        ) from None
-    sock.set_inheritable(True)
-    return sock
+    families = {info[0] for info in infos}
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(infos):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no clash
+            if family == socket.AF_INET6 and socket.AF_INET in families:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 socket has those
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError as err:
+            for s in sockets:
+                s.close()
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise InvalidParameterError(
+                    f"--host: {host} is not an address of this machine ({err.strerror})", field="host"
+                ) from None
+            hint = "; stop what uses it or pick another --port" if err.errno == errno.EADDRINUSE else ""
+            raise InvalidParameterError(
+                f"--port: cannot listen on {host}:{port} ({err.strerror}){hint}", field="port"
+            ) from None
+    return sockets
 
 
 @app.command()

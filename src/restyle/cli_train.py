@@ -158,12 +158,14 @@ def _models(opts: dict[str, Any]) -> dict[str, Any]:
 
 def _check_available(config: Any) -> None:
     """A missing base (or segmenter for segment masks): one line that says what to run, before any work."""
-    from restyle.models.hub import is_available, live_id
+    from restyle.models.hub import check_folder, is_available, live_id
 
     wanted = [("base", "--inpainter", "RESTYLE_INPAINTER", config.base, "a diffusers inpainting folder")]
     if any(source == "segment" for source, _ in config.masks):
         wanted.append(("segmenter", "--segmenter", "RESTYLE_SEGMENTER", config.segmenter, "a CLIPSeg folder"))
     for field, pull_flag, env, model_id, what in wanted:
+        role = "inpainter" if field == "base" else "segmenter"
+        check_folder(role, model_id, flag=f"--{field} (or {env})")
         if not is_available(model_id):
             raise RestyleError(
                 f"--{field} '{model_id}' is not on this machine: run `restyle models pull {pull_flag} "

@@ -9,14 +9,16 @@ grid([Image.open("photo.jpg"), *images]).save("compare.png")   # the original fi
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,10 @@ from PIL import Image
 from restyle.errors import InvalidImageError, RestyleError
 from restyle.outputs import grid
 
-JOB_ID_HEADER = (
-    "X-Restyle-Job-Id"  # restyle.serve.routes reads it; repeated so the client needs no server code
-)
+# restyle.serve.routes reads this header; repeated here so the client needs no server code
+JOB_ID_HEADER = "X-Restyle-Job-Id"
+FOLLOW_EVERY_S = 0.5  # how often a waiting invoke asks for its job's progress
+FOLLOW_GIVE_UP_S = 10.0  # no job status for this long: the endpoint has no job API, stop asking
 
 __all__ = ["Client", "ServerError", "decode_image", "encode_image", "grid"]
 
@@ -96,7 +99,7 @@ class Client:
             req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
         except urllib.error.HTTPError as err:
             raw = err.read()
             try:
@@ -109,6 +112,16 @@ class Client:
         except TimeoutError:
             raise RestyleError(
                 f"{self.url}{path}: no answer within {timeout or self.timeout:g} s (raise --timeout)"
+            ) from None
+        except (http.client.HTTPException, OSError) as err:  # a dropped or garbled connection
+            raise RestyleError(
+                f"{self.url}{path}: the connection failed ({type(err).__name__}: {err})"
+            ) from None
+        try:
+            return json.loads(raw or b"null")
+        except ValueError:
+            raise RestyleError(
+                f"{self.url}{path}: the answer is not JSON (is this a restyle or SageMaker endpoint?)"
             ) from None
 
     def ping(self) -> bool:
@@ -164,25 +177,37 @@ class Client:
 
     @contextmanager
     def _following(self, job_id: str, progress: Callable[[dict[str, Any]], None]) -> Iterator[None]:
-        """Poll /v1/jobs/{job_id} in a thread while the body of the `with` runs."""
+        """Poll /v1/jobs/{job_id} in a thread while the body of the `with` runs.
+
+        An endpoint that never shows the job (not restyle, or a gateway in front) is left alone after
+        FOLLOW_GIVE_UP_S. Ctrl-C in the body cancels the job on the server before it propagates.
+        """
         done = threading.Event()
 
         def poll() -> None:
-            while not done.wait(0.5):
+            last_seen = time.monotonic()
+            while not done.wait(FOLLOW_EVERY_S):
                 try:
-                    status = self.request("GET", f"/v1/jobs/{job_id}", timeout=10.0)
-                except RestyleError:
-                    continue  # not queued yet, or an endpoint without restyle's job API
-                if isinstance(status, dict) and not done.is_set():
-                    progress(status)
+                    status = self.request("GET", f"/v1/jobs/{job_id}", timeout=FOLLOW_EVERY_S * 4)
+                    if not isinstance(status, dict) or "state" not in status:
+                        raise RestyleError("not a job status")
+                    last_seen = time.monotonic()
+                    if not done.is_set():
+                        progress(status)
+                except Exception:  # not queued yet, or no job API here; a callback's error ends it too
+                    if time.monotonic() - last_seen > FOLLOW_GIVE_UP_S:
+                        return
 
         thread = threading.Thread(target=poll, name="restyle-progress", daemon=True)
         thread.start()
         try:
             yield
+        except KeyboardInterrupt:
+            with suppress(RestyleError):
+                self.request("POST", f"/v1/jobs/{job_id}/cancel", timeout=5.0)
+            raise
         finally:
             done.set()
-            thread.join(timeout=15.0)
 
     def style(
         self,

@@ -2,41 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-
-
-@functools.cache
-def current_umask() -> int:
-    """The process umask, read without changing it where the OS says it (Linux), else by a swap."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> Path:
     """`write(tmp)` into a temporary file beside `path`, then rename it over `path`.
 
-    A reader never sees a half-written file. The temporary file is created private (mkstemp makes
-    0600), so its mode is set to what `open()` would have given, 0666 less the umask, before the rename.
+    A reader never sees a half-written file. The temporary file is created with mode 0666 and the kernel
+    applies the process umask, as `open()` would (mkstemp would make it 0600); `write` opens it again by
+    name, which keeps that mode.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
+        write(str(tmp))
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
     return path

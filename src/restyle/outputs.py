@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,19 +59,46 @@ def grid(images: list[Image.Image], height: int = 384, gap: int = 8) -> Image.Im
     return canvas
 
 
-def free_stem(outdir: str | Path, stem: str) -> str:
-    """`stem`, or the first of STEM-2, STEM-3, ... whose sidecar and grid do not exist in `outdir` yet."""
+RESERVED = b'{"reserved": "a restyle run is writing these results"}'
+
+
+def _stem_taken(out: Path, stem: str) -> bool:
+    images = re.compile(re.escape(stem) + r"-\d+-seed\d+\.png")
+    fixed = (f"{stem}.json", f"{stem}-grid.png", f"{stem}-mask.png")
+    return any((out / name).exists() for name in fixed) or (
+        out.is_dir() and any(images.fullmatch(p.name) for p in out.iterdir())
+    )
+
+
+def reserve_stem(outdir: str | Path, stem: str) -> str:
+    """`stem`, or the first of STEM-2, STEM-3, ... none of whose files exist in `outdir`, reserved there.
+
+    The reservation is STEM.json, created exclusively (two runs started together get two stems) and holding
+    a placeholder until `save_result` replaces it; `release_stem` removes it when a run fails.
+    """
     out = Path(outdir)
-
-    def taken(name: str) -> bool:
-        return (out / f"{name}.json").exists() or (out / f"{name}-grid.png").exists()
-
-    if not taken(stem):
-        return stem
-    n = 2
-    while taken(f"{stem}-{n}"):
+    out.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        name = stem if n == 1 else f"{stem}-{n}"
         n += 1
-    return f"{stem}-{n}"
+        if _stem_taken(out, name):
+            continue
+        try:
+            fd = os.open(out / f"{name}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(RESERVED)
+        return name
+
+
+def release_stem(outdir: str | Path, stem: str) -> None:
+    """Drop a reservation that no result replaced (the run failed or was cancelled)."""
+    path = Path(outdir) / f"{stem}.json"
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == RESERVED:
+            path.unlink()
 
 
 def save_result(

@@ -140,6 +140,16 @@ def test_page_loads_with_preview_banner(page: Any, live_server: LiveServer) -> N
     screenshot(page, "01-start")
 
 
+def test_find_garment_at_the_default_threshold_gives_a_labelled_preview_mask(page: Any, photo: Path) -> None:
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#editor:not([hidden])")
+    assert page.input_value("#threshold") == "0.4"  # nothing moved: what a new user clicks
+    page.fill("#garment", "the dress")
+    page.click("#find")
+    assert wait_coverage(page) > 1.0
+    assert "Preview mask: a placeholder shape" in page.inner_text("#mask-info")
+
+
 def test_upload_mask_brush_generate_download_history(page: Any, live_server: LiveServer, photo: Path) -> None:
     found = upload_and_mask(page, photo)
     assert found > 0 and "hand edit" not in page.inner_text("#mask-info")

@@ -79,11 +79,10 @@ def not_found_message(role: str, model_id: str) -> str:
 
 
 def _say_alias(role: str, model_id: str, used: str, cached: bool = True) -> None:
-    """Say which cache entry (or repo) serves `model_id`; a withdrawn id in the config is worth a warning."""
+    """Say which cache entry (or repo) serves `model_id` (a warning, so a default CLI or server shows it)."""
     why = "community mirror" if used in MIRRORS.values() else "old id alias"
     how = "using cached" if cached else "fetching"
-    say = log.warning if model_id.lower() in MIRRORS else log.info
-    say("%s '%s': %s '%s' (%s)", role, model_id, how, used, why)
+    log.warning("%s '%s': %s '%s' (%s)", role, model_id, how, used, why)
 
 
 def load_pretrained(cls: Any, model_id: str, role: str, **kwargs: Any) -> Any:
@@ -226,6 +225,21 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "restyle"
 
 
+def names_a_folder(model_id: str) -> bool:
+    """True when `model_id` is meant as a local path: path-shaped, an existing file, or `org/name` whose
+    `org` is a folder here (`models/inpainterr`). Such an id never falls back to the preview."""
+    path = Path(model_id).expanduser()
+    return _looks_like_path(model_id) or path.exists() or ("/" in model_id and path.parent.is_dir())
+
+
+def check_folder(role: str, model_id: str, flag: str | None = None) -> None:
+    """A local model that is not a folder here is an error naming it (a typo must not become a preview)."""
+    flag = flag or ROLES[role][0]
+    if names_a_folder(model_id) and not Path(model_id).expanduser().is_dir():
+        what = "not a folder" if Path(model_id).expanduser().exists() else "no such folder"
+        raise ModelNotFoundError(f"{role} '{model_id}': {what}. Point {flag} at {ROLES[role][2]}.")
+
+
 def preview_notice(missing: tuple[str, ...]) -> str:
     """What every entry point says when it falls back to the tiny-model preview."""
     return (
@@ -254,11 +268,8 @@ def resolve_or_preview(config: ModelConfig) -> Resolved:
     """
     from restyle.models.tiny import TINY_MARKER, build_tiny_models
 
-    for role, (flag, _env, what) in ROLES.items():
-        model_id = getattr(config, role)
-        if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
-            # a folder was asked for by name: a typo must not turn into a silent preview
-            raise ModelNotFoundError(f"{role} '{model_id}': no such folder. Point {flag} at {what}.")
+    for role in ROLES:
+        check_folder(role, getattr(config, role))
     found = {role: resolve_cached(getattr(config, role)) for role in ROLES}
     missing = tuple(getattr(config, role) for role, used in found.items() if used is None)
     if not missing:
