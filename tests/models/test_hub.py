@@ -408,7 +408,21 @@ def test_pull_fails_in_one_line_when_the_hub_is_off_or_unknown(monkeypatch):
         raise socket.gaierror(-2, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     with pytest.raises(ModelNotFoundError, match="cannot reach the hub .*Name or service not known"):
+        pull(SD2_NEW)
+    # behind a proxy only the proxy resolves the hub's name: the check steps aside for the hub client
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+
+    class Reached(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", reached)
+    with pytest.raises(ModelNotFoundError, match="could not download"):
         pull(SD2_NEW)
 
 

@@ -183,6 +183,7 @@ def download_patterns(files: list[str]) -> list[str]:
 def _check_hub_reachable() -> None:
     """Fail in one line, before the hub client's retries, when the hub is switched off or unknown here."""
     import socket
+    import urllib.request
     from urllib.parse import urlparse
 
     from huggingface_hub import constants
@@ -193,6 +194,9 @@ def _check_hub_reachable() -> None:
     if constants.HF_HUB_OFFLINE:
         raise ModelNotFoundError(f"cannot download: HF_HUB_OFFLINE is set; unset it, or {advice}")
     host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    proxies = urllib.request.getproxies()
+    if (proxies.get("https") or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        return  # only the proxy resolves the hub's name here; the hub client goes through it
     try:
         socket.getaddrinfo(host, 443)
     except OSError as err:
