@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -81,16 +82,21 @@ def test_an_endpoint_without_the_job_api_is_left_alone(fake, photo, monkeypatch)
     monkeypatch.setattr(client_module, "FOLLOW_EVERY_S", 0.01)
     monkeypatch.setattr(client_module, "FOLLOW_GIVE_UP_S", 0.2)
     fake.behaviour = lambda method, path: "404" if method == "GET" else "slow-ok"
+    followers: list[threading.Thread] = []
+
+    class Recorded(threading.Thread):
+        def start(self) -> None:
+            super().start()
+            followers.append(self)
+
+    monkeypatch.setattr(client_module, "threading", SimpleNamespace(Thread=Recorded, Event=threading.Event))
     answers: list[Any] = []
     call = threading.Thread(target=lambda: answers.append(_client(fake).invoke(photo, "x", progress=print)))
     call.start()
-    follower = None
-    for _ in range(3000):  # the follower thread starts with the call
-        follower = next((t for t in threading.enumerate() if t.name == "restyle-progress"), None)
-        if follower is not None:
-            break
+    while not followers:  # started by the call right away; the call's own join below bounds this
+        assert call.is_alive() or followers, "the call ended without following its job"
         threading.Event().wait(0.01)
-    assert follower is not None
+    follower = followers[0]
     follower.join(timeout=60)  # it gives up by itself while the call still waits
     assert not follower.is_alive() and call.is_alive()
     gets = sum(1 for method, _ in fake.seen if method == "GET")
