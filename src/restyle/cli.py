@@ -69,6 +69,21 @@ def _status(message: str):
         yield
 
 
+def step_bar() -> Any:
+    """A rich progress bar on stderr (steps done of total, time): cleared at the end unless on a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=not sys.stderr.isatty(),
+        console=Console(stderr=True),
+    )
+
+
 def _mask_params(
     threshold: float, grow: int, feather: int, activation: str, protect: list[str] | None, no_protect: bool
 ) -> Any:
@@ -278,19 +293,11 @@ def _run_style(
     **run_kwargs: Any,
 ) -> tuple[Any, Any]:
     """Load models, then run with a progress bar over the denoising steps."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with _status(f"Loading {engine.config.inpainter} ..."):
         _ = engine.inpainter
         if garment:
             _ = engine.segmenter
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=not sys.stderr.isatty(),
-    ) as bar:
+    with step_bar() as bar:
         task = bar.add_task(f"Generating {params.num_images} image(s)", total=params.steps)
 
         def progress(done: int, total: int) -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from restyle.cli import Device, InpainterOpt, Segmenter, _quiet, app
+from restyle.cli import Device, InpainterOpt, Segmenter, _quiet, app, step_bar
 from restyle.errors import InvalidParameterError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -209,16 +207,7 @@ def invoke(
 @contextmanager
 def _job_progress(what: str) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A progress bar fed with a server job's status: queue position, then denoising steps."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=not sys.stderr.isatty(),
-        console=Console(stderr=True),
-    ) as bar:
+    with step_bar() as bar:
         task = bar.add_task(f"Waiting for the server: {what}", total=None)
 
         def update(status: dict[str, Any]) -> None:
