@@ -182,14 +182,10 @@ def test_archive_gets_the_usual_file_mode(tiny_models, tmp_path):
     import os
     import stat
 
-    from restyle import files
-
-    files.current_umask.cache_clear()
     old = os.umask(0o022)
     try:
         out = tmp_path / "model.tar.gz"
         build_archive(tiny_models["inpainter"], out)
     finally:
         os.umask(old)
-        files.current_umask.cache_clear()
-    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600
