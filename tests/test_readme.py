@@ -202,4 +202,6 @@ def test_readme_slow_commands(workspace, monkeypatch, capfd) -> None:
                 code, out, err = _run_restyle(argv, workspace, monkeypatch, capfd)
                 _check(" ".join(argv), code, out, err)
                 ran += 1
-    assert ran >= 2 and "restyle bench" in (docs / "PERFORMANCE.md").read_text()
+    written = (docs / "PERFORMANCE.md").read_text()
+    assert ran >= 2 and "<!-- bench:infer" in written and "<!-- bench:train" in written, written[:2000]
+    assert (docs / "bench" / "infer.json").is_file()
