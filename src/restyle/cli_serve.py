@@ -65,13 +65,22 @@ def serve(
         Path, typer.Option("--output", "-o", help="Where results and job records are kept.")
     ] = Path("out/serve"),
     warmup: Annotated[bool, typer.Option(help="One small run before /ping turns healthy.")] = True,
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve a model folder laid out as model.tar.gz (inpainter at its root, segmenter/, "
+            "styles/), e.g. SageMaker's /opt/ml/model; never the preview."
+        ),
+    ] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option("--gateway", help="A gateway in front authenticates (SageMaker): no API-key warning."),
+    ] = False,
 ) -> None:
     """Run the HTTP API (SageMaker /ping + /invocations, and /v1). Docs at /docs."""
     import uvicorn
 
-    from restyle.config import load_model_config
-    from restyle.models.hub import preview_notice, resolve_or_preview
-    from restyle.serve.app import ServerSettings, create_app, default_service_factory
+    from restyle.serve.app import ServerSettings, create_app
 
     _quiet()
     for name, value, low in (
@@ -81,7 +90,7 @@ def serve(
     ):
         if value < low:
             raise InvalidParameterError(f"--{name}: {value} is below {low}", field=name)
-    if host not in LOOPBACK and not api_key:
+    if host not in LOOPBACK and not api_key and not gateway:
         typer.secho(
             f"WARNING: listening on {host} without an API key: anyone who reaches this port can use it. "
             "Set RESTYLE_API_KEY (or --api-key) unless a gateway in front authenticates.",
@@ -91,10 +100,8 @@ def serve(
     loras = _loras(lora)
     _check_loras(loras)
     sockets = bind(host, port)  # before any model loads: a taken port fails now, in one line
-    config = load_model_config(segmenter=segmenter, inpainter=inpainter, device=device)
-    resolved = resolve_or_preview(config)
-    if resolved.preview:
-        typer.secho(preview_notice(resolved.missing), fg=typer.colors.YELLOW, err=True)
+    flags = dict(segmenter=segmenter, inpainter=inpainter, device=device)
+    factory, packaged = _service_factory(flags, model_dir)
     settings = ServerSettings(
         api_key=api_key or None,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -103,10 +110,11 @@ def serve(
         max_batch=max_batch,
         timeout_s=timeout,
         output_dir=output,
-        loras=loras,
+        loras=loras + packaged,
         warmup=warmup,
     )
-    fastapi_app = create_app(settings, lambda s: default_service_factory(s, resolved.config))
+    _log_like_uvicorn()
+    fastapi_app = create_app(settings, factory)
     shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
     typer.echo(f"restyle serving on http://{shown}:{port}  (docs: /docs, health: /ping, results: {output})")
     uv_config = uvicorn.Config(
@@ -116,6 +124,47 @@ def serve(
         uvicorn.Server(uv_config).run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raised Ctrl-C
         typer.echo("restyle stopped")
+
+
+def _log_like_uvicorn() -> None:
+    """restyle's own log lines (loading, "ready", warnings) beside uvicorn's, in its format."""
+    import logging
+
+    from uvicorn.logging import DefaultFormatter
+
+    logger = logging.getLogger("restyle")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=None))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _service_factory(
+    flags: dict[str, Any], model_dir: Path | None
+) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """How the server loads its models, and the LoRA styles a model folder brings along.
+
+    Without --model-dir: the configured models (file -> env -> flags), else the loud preview. With it:
+    exactly that folder's models (a packaged segmenter beats the configured one), never the preview.
+    """
+    from dataclasses import replace
+
+    from restyle.config import load_model_config
+    from restyle.models.hub import preview_notice, resolve_or_preview
+    from restyle.package.layout import packaged_models
+    from restyle.serve.app import default_service_factory, packaged_service_factory
+
+    config = load_model_config(**flags)
+    if model_dir is not None:
+        models = packaged_models(model_dir)
+        config = replace(config, inpainter=models.inpainter, segmenter=models.segmenter or config.segmenter)
+        return (lambda s: packaged_service_factory(s, config)), models.styles
+    resolved = resolve_or_preview(config)
+    if resolved.preview:
+        typer.secho(preview_notice(resolved.missing), fg=typer.colors.YELLOW, err=True)
+    return (lambda s: default_service_factory(s, resolved.config)), ()
 
 
 def bind(host: str, port: int) -> list[socket.socket]:

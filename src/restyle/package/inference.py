@@ -31,20 +31,19 @@ def model_fn(model_dir: str, context: Any = None) -> Service:
     from restyle.config import ModelConfig
     from restyle.engine import Restyler
     from restyle.images import MAX_PIXELS
+    from restyle.package.layout import packaged_models
 
-    root = Path(model_dir)
-    seg = root / "segmenter"
+    models = packaged_models(model_dir)
     config = ModelConfig(
-        inpainter=str(root),
+        inpainter=models.inpainter,
         device=os.environ.get("RESTYLE_DEVICE", "auto"),
         dtype=os.environ.get("RESTYLE_DTYPE", "auto"),
     )
-    if seg.is_dir():
-        config = replace(config, segmenter=str(seg))
+    if models.segmenter:
+        config = replace(config, segmenter=models.segmenter)
     engine = Restyler(config)
-    styles = root / "styles"
-    for folder in sorted(styles.iterdir()) if styles.is_dir() else []:
-        engine.inpainter.load_style(folder.name, str(folder / "pytorch_lora_weights.safetensors"))
+    for name, lora in models.styles:
+        engine.inpainter.load_style(name, lora)
     service = Service(engine, max_pixels=int(os.environ.get("RESTYLE_MAX_PIXELS", MAX_PIXELS)))
     service.warmup()
     return service

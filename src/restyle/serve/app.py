@@ -241,6 +241,24 @@ def default_service_factory(settings: ServerSettings, config: Any = None) -> Ser
     return build_service(engine, settings)
 
 
+def packaged_service_factory(settings: ServerSettings, config: Any) -> Service:
+    """A model folder's models exactly (`restyle serve --model-dir`, the container): never the preview.
+
+    The segmenter is loaded when it is available (packaged, or configured and on this machine); without
+    one, requests that mask by text are refused and those with a mask work.
+    """
+    from restyle.engine import Restyler
+    from restyle.models.hub import is_available
+
+    engine = Restyler(config)
+    engine.inpainter  # noqa: B018  load now, not on the first request
+    if is_available(config.segmenter):
+        engine.segmenter  # noqa: B018
+    else:
+        log.warning("no segmenter in the model folder or on this machine: requests must send mask_img")
+    return build_service(engine, settings)
+
+
 def build_service(engine: Any, settings: ServerSettings) -> Service:
     """A Service on `engine` with the settings' styles loaded."""
     for name, path in settings.loras:
