@@ -53,6 +53,10 @@ def serve(
     ] = None,
     max_body_mb: Annotated[float, typer.Option(help="Request body limit in MB.")] = 6.0,
     max_pixels: Annotated[int, typer.Option(help="Largest accepted image, width x height.")] = 16_000_000,
+    max_response_mb: Annotated[
+        float | None,
+        typer.Option(help="Refuse /invocations answers over this many MB (SageMaker real-time: 6)."),
+    ] = None,
     queue_size: Annotated[
         int, typer.Option(help="Requests waiting beyond the running one; more get 503.")
     ] = 4,
@@ -112,6 +116,7 @@ def serve(
         output_dir=output,
         loras=loras + packaged,
         warmup=warmup,
+        max_response_bytes=int(max_response_mb * 1e6) if max_response_mb else None,
     )
     _log_like_uvicorn()
     fastapi_app = create_app(settings, factory)
@@ -327,6 +332,9 @@ def deploy(
     target_invocations: Annotated[
         int, typer.Option(help="Per instance per minute; autoscaling target.")
     ] = 20,
+    workers: Annotated[
+        int, typer.Option(help="Model-server workers per instance: one per GPU of --instance-type.")
+    ] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the API calls; send nothing.")] = False,
 ) -> None:
     """Create a real-time endpoint (model, endpoint config, endpoint, autoscaling) for a model.tar.gz."""
@@ -342,6 +350,7 @@ def deploy(
         min_instances=min_instances,
         max_instances=max_instances,
         target_invocations=target_invocations,
+        workers=workers,
     )
     if dry_run:
         _print_json(plan(spec))

@@ -36,6 +36,7 @@ class DeploySpec:
     scale_in_cooldown_s: int = 300
     scale_out_cooldown_s: int = 60
     timeout_s: int = 300  # model server response timeout
+    workers: int = 1  # model-server workers per instance: one per GPU (each holds a copy of the models)
 
     def check(self) -> None:
         if not re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,50}", self.name):
@@ -55,6 +56,8 @@ class DeploySpec:
                 f"instances: need 1 <= min ({self.min_instances}) <= max ({self.max_instances})",
                 field="min_instances",
             )
+        if self.workers < 1:
+            raise InvalidParameterError("workers: must be at least 1 (one per GPU)", field="workers")
         if self.target_invocations < 1:
             raise InvalidParameterError("target_invocations: must be at least 1", field="target_invocations")
 
@@ -70,6 +73,8 @@ def plan(spec: DeploySpec) -> list[dict[str, Any]]:
         "SAGEMAKER_MODEL_SERVER_TIMEOUT": str(spec.timeout_s),
         "TS_DEFAULT_RESPONSE_TIMEOUT": str(spec.timeout_s),
         "MMS_DEFAULT_RESPONSE_TIMEOUT": str(spec.timeout_s),
+        # the model server starts one worker per CPU by default, each loading every model: one per GPU
+        "SAGEMAKER_MODEL_SERVER_WORKERS": str(spec.workers),
     }
     return [
         {

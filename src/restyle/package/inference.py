@@ -24,19 +24,38 @@ from restyle.serve.handler import Service, parse  # noqa: E402
 from restyle.serve.schemas import InvocationRequest  # noqa: E402
 
 JSON = "application/json"
+SERVER_MAX_PIXELS = 16_000_000  # the same image limit as `restyle serve` (restyle.serve.app)
+REALTIME_RESPONSE_MB = 6.0  # SageMaker real-time endpoints drop larger answers
+
+
+def worker_device(context: Any = None) -> str:
+    """The device of this model-server worker: RESTYLE_DEVICE, else the GPU the server gave the worker.
+
+    The model server starts one worker per GPU and passes its index as `gpu_id`; without it every worker
+    of a multi-GPU instance would load onto cuda:0.
+    """
+    if os.environ.get("RESTYLE_DEVICE"):
+        return os.environ["RESTYLE_DEVICE"]
+    props = getattr(context, "system_properties", None) or {}
+    gpu = props.get("gpu_id")
+    if gpu is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:{int(gpu)}"
+    return "auto"
 
 
 def model_fn(model_dir: str, context: Any = None) -> Service:
     """Load the inpainter at the archive root, plus segmenter/ and styles/ when packaged."""
     from restyle.config import ModelConfig
     from restyle.engine import Restyler
-    from restyle.images import MAX_PIXELS
     from restyle.package.layout import packaged_models
 
     models = packaged_models(model_dir)
     config = ModelConfig(
         inpainter=models.inpainter,
-        device=os.environ.get("RESTYLE_DEVICE", "auto"),
+        device=worker_device(context),
         dtype=os.environ.get("RESTYLE_DTYPE", "auto"),
     )
     if models.segmenter:
@@ -44,7 +63,11 @@ def model_fn(model_dir: str, context: Any = None) -> Service:
     engine = Restyler(config)
     for name, lora in models.styles:
         engine.inpainter.load_style(name, lora)
-    service = Service(engine, max_pixels=int(os.environ.get("RESTYLE_MAX_PIXELS", MAX_PIXELS)))
+    service = Service(
+        engine,
+        max_pixels=int(os.environ.get("RESTYLE_MAX_PIXELS", SERVER_MAX_PIXELS)),
+        max_response_bytes=int(float(os.environ.get("RESTYLE_MAX_RESPONSE_MB", REALTIME_RESPONSE_MB)) * 1e6),
+    )
     service.warmup()
     return service
 
@@ -69,5 +92,13 @@ def predict_fn(data: dict[str, Any], model: Service, context: Any = None) -> dic
 
 
 def output_fn(prediction: dict[str, Any], accept: str = JSON, context: Any = None) -> str:
-    """JSON, as the original endpoint answers."""
+    """JSON, as the original endpoint answers (the toolkit labels the answer with `accept`, so any other
+    accept value is refused rather than answered with a wrong Content-Type)."""
+    wanted = (accept or JSON).split(";")[0].strip().lower()
+    if wanted not in (JSON, "*/*", "application/*"):
+        raise InvalidParameterError(
+            f"accept: {accept!r}: the answer is JSON (images inside as base64); send Accept: {JSON}, "
+            'and "image_format": "png" in the payload for PNG images',
+            field="accept",
+        )
     return json.dumps(prediction)

@@ -45,6 +45,7 @@ class ServerSettings:
     output_dir: Path | None = Path("out/serve")  # results, masks and job records; None keeps nothing
     loras: tuple[tuple[str, str], ...] = ()  # (name, path) styles loaded at start
     warmup: bool = True  # one small run before /ping turns healthy
+    max_response_bytes: int | None = None  # /invocations answers above this are refused (SageMaker: 6 MB)
     shutdown_grace_s: float = 30.0  # how long shutdown waits for the running job
 
 
@@ -263,7 +264,12 @@ def build_service(engine: Any, settings: ServerSettings) -> Service:
     """A Service on `engine` with the settings' styles loaded."""
     for name, path in settings.loras:
         engine.inpainter.load_style(name, path)
-    return Service(engine, max_pixels=settings.max_pixels or MAX_PIXELS, output_dir=settings.output_dir)
+    return Service(
+        engine,
+        max_pixels=settings.max_pixels or MAX_PIXELS,
+        output_dir=settings.output_dir,
+        max_response_bytes=settings.max_response_bytes,
+    )
 
 
 def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:

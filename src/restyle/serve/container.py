@@ -20,6 +20,7 @@ SETTINGS = (
     ("RESTYLE_MODEL_DIR", "--model-dir", MODEL_DIR),
     ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "--timeout", "300"),
     ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "--max-body-mb", "6"),
+    ("RESTYLE_MAX_RESPONSE_MB", "--max-response-mb", "6"),  # the real-time endpoint's answer limit
     ("RESTYLE_OUTPUT", "--output", "/tmp/restyle"),
 )
 

@@ -170,11 +170,17 @@ class Service:
     """Loaded models plus the request logic. Not thread-safe: the server calls it from one worker."""
 
     def __init__(
-        self, engine: Restyler, *, max_pixels: int = MAX_PIXELS, output_dir: str | Path | None = None
+        self,
+        engine: Restyler,
+        *,
+        max_pixels: int = MAX_PIXELS,
+        output_dir: str | Path | None = None,
+        max_response_bytes: int | None = None,
     ) -> None:
         self.engine = engine
         self.max_pixels = max_pixels
         self.output_dir = Path(output_dir) if output_dir else None
+        self.max_response_bytes = max_response_bytes  # /invocations answers above it are refused
 
     @property
     def preview(self) -> bool:
@@ -272,7 +278,7 @@ class Service:
 
         def finish(result: StyleResult) -> dict[str, Any]:
             self._save(result, photo, request_id)
-            return encode_invocation(result, fmt)
+            return check_response_size(encode_invocation(result, fmt), self.max_response_bytes)
 
         return Pending(prepared, finish)
 
@@ -406,6 +412,24 @@ def encode_invocation(result: StyleResult, fmt: str) -> dict[str, Any]:
         for i, img in enumerate(result.images)
     ]
     return {"generated_images": images, "seeds": result.seeds}
+
+
+def check_response_size(body: dict[str, Any], limit: int | None) -> dict[str, Any]:
+    """Refuse an /invocations answer over `limit` bytes of JSON, naming the limit and what to lower.
+
+    SageMaker's real-time endpoints drop answers over 6 MB: a refusal that says why beats a lost answer.
+    """
+    if limit is None:
+        return body
+    size = sum(len(image) for image in body["generated_images"]) + 200  # base64 text + the JSON around it
+    if size > limit:
+        raise InvalidParameterError(
+            f"num_images_per_prompt: the answer would be {size / 1e6:.1f} MB, over the "
+            f"{limit / 1e6:.1f} MB response limit of this endpoint; ask for fewer images, a smaller "
+            "image_length, or JPEG instead of PNG (asynchronous inference has no such limit)",
+            field="num_images_per_prompt",
+        )
+    return body
 
 
 def as_error(err: RestyleError) -> dict[str, Any]:
