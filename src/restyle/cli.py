@@ -102,14 +102,10 @@ def _restyler(segmenter: str | None, inpainter: str | None, device: str | None, 
     here, else the tiny-model preview, said loudly (a named folder that does not exist is an error)."""
     from restyle.config import load_model_config
     from restyle.engine import Restyler
-    from restyle.models.hub import preview_notice, resolve_or_preview
 
     _quiet()
-    flags = dict(segmenter=segmenter, inpainter=inpainter, device=device, **extra)
-    resolved = resolve_or_preview(load_model_config(**flags))
-    if resolved.preview:
-        typer.secho(preview_notice(resolved.missing), fg=typer.colors.YELLOW, err=True)
-    return Restyler(resolved.config, preview=resolved.preview)
+    config = load_model_config(segmenter=segmenter, inpainter=inpainter, device=device, **extra)
+    return Restyler.auto(config, say=lambda text: typer.secho(text, fg=typer.colors.YELLOW, err=True))
 
 
 @app.command()

@@ -24,9 +24,10 @@ class Restyler:
     """A segmenter and an inpainter, each loaded the first time it is needed."""
 
     @classmethod
-    def auto(cls, config: ModelConfig | None = None) -> Restyler:
+    def auto(cls, config: ModelConfig | None = None, *, say: Callable[[str], None] | None = None) -> Restyler:
         """The configured models (`config`, else defaults -> config file -> RESTYLE_* env) when their
-        weights are on this machine; otherwise the tiny-model preview, with a warning that says so.
+        weights are on this machine; otherwise the tiny-model preview, said through `say` (default: a
+        logged warning).
 
         A folder that does not exist is an error (ModelNotFoundError), never a preview.
         """
@@ -35,7 +36,7 @@ class Restyler:
 
         resolved = resolve_or_preview(config or load_model_config())
         if resolved.preview:
-            log.warning(preview_notice(resolved.missing))
+            (say or log.warning)(preview_notice(resolved.missing))
         return cls(resolved.config, preview=resolved.preview)
 
     def __init__(

@@ -49,7 +49,7 @@ def test_other_accepts_are_refused_not_mislabelled(accept):
 def test_the_handler_has_the_servers_image_limit():
     from restyle.serve.app import DEFAULT_MAX_PIXELS
 
-    assert inference.SERVER_MAX_PIXELS == DEFAULT_MAX_PIXELS
+    assert inference.SERVER_MAX_PIXELS == DEFAULT_MAX_PIXELS == 16_000_000  # the documented 16 MP
 
 
 def test_an_answer_over_the_limit_names_it():

@@ -39,11 +39,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "org/nam
 
 def _looks_like_path(model_id: str) -> bool:
     """True for anything that cannot be a hub id: `./x`, `/x`, `~/x`, `a/b/c`, `skirt-model/`, `C:\\x`."""
-    return (
-        model_id.startswith((".", "/", "~"))
-        or not _REPO_ID.match(model_id)
-        or os.sep in model_id.replace("/", "")
-    )
+    return model_id.startswith((".", "/", "~")) or not _REPO_ID.match(model_id)
 
 
 def downloads_allowed() -> bool:
@@ -102,11 +98,7 @@ def load_pretrained(cls: Any, model_id: str, role: str, **kwargs: Any) -> Any:
             raise ModelLoadError(
                 f"{role} '{model_id}': the folder exists but does not load as {ROLES[role][2]}: {err}"
             ) from err
-    if _looks_like_path(model_id) or path.exists():
-        raise ModelNotFoundError(
-            f"{role} '{model_id}': no such folder. Point {ROLES[role][0]} at {ROLES[role][2]} "
-            "or give a hub id."
-        )
+    check_folder(role, model_id)
     online = downloads_allowed()
     found = resolve_cached(model_id)
     target = found or (live_id(model_id) if online else model_id)  # nothing cached: fetch the live repo

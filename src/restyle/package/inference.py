@@ -20,11 +20,10 @@ if (_HERE / "restyle").is_dir():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is in the archive: never reach for the hub
 
 from restyle.errors import InvalidParameterError  # noqa: E402
-from restyle.serve.handler import Service, parse  # noqa: E402
+from restyle.serve.handler import SERVER_MAX_PIXELS, Service, parse  # noqa: E402
 from restyle.serve.schemas import InvocationRequest  # noqa: E402
 
 JSON = "application/json"
-SERVER_MAX_PIXELS = 16_000_000  # the same image limit as `restyle serve` (restyle.serve.app)
 REALTIME_RESPONSE_MB = 6.0  # SageMaker real-time endpoints drop larger answers
 
 

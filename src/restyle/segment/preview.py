@@ -1,10 +1,10 @@
 """The preview segmenter: the tiny random CLIPSeg plus a placeholder body layout.
 
 A tiny randomly initialised CLIPSeg scores every text alike, so the protected regions (face, hands, hair)
-cover whatever it finds and nothing is left at the default settings: "find the garment" could never be tried
-in preview mode. Here its logits
-(standardised, so they still shape the mask and every model path still runs) are added to a fixed layout
-of a standing person: garment prompts score high over the torso and hips, protect prompts over the head.
+cover whatever it finds and nothing is left at the default settings: "find the garment" could never be
+tried in preview mode. Here its logits (standardised, so they still shape the mask and every model path
+still runs) are added to a fixed layout of a standing person: garment prompts score high over the torso
+and hips, protect prompts over the head.
 The masks this gives are placeholders, labelled `preview` in every MaskResult; they say nothing about
 the photo. Real weights never go through this class.
 """

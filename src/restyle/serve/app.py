@@ -22,14 +22,14 @@ from restyle.errors import RestyleError
 from restyle.images import MAX_PIXELS
 from restyle.inpaint.params import MAX_IMAGES
 from restyle.serve import routes
-from restyle.serve.handler import Service, as_error, describe_errors
+from restyle.serve.handler import SERVER_MAX_PIXELS, Service, as_error, describe_errors
 from restyle.serve.jobs import JobStore, QueueFullError, Worker
 from restyle.serve.security import BodyLimit, require_key
 
 log = logging.getLogger("restyle.serve")
 
 DEFAULT_MAX_BODY = 6 * 1024 * 1024  # the real-time endpoint platform's payload limit
-DEFAULT_MAX_PIXELS = 16_000_000  # a modern phone photo; bigger is a bomb or a mistake for a server
+DEFAULT_MAX_PIXELS = SERVER_MAX_PIXELS  # the handler in model.tar.gz has the same limit
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from restyle.serve.schemas import InvocationRequest, MaskOptions, PromptFields, 
 
 Cancel = Callable[[], bool]
 JPEG_QUALITY = 95
+SERVER_MAX_PIXELS = 16_000_000  # a modern phone photo; bigger is a bomb or a mistake for a server
 WARM_IMAGES = (1, 2)  # images per request warmed per shape: the original's case and the API's default
 
 

@@ -51,9 +51,8 @@ def _state(request: Request) -> Any:
     return request.app.state.restyle
 
 
-JOB_ID_HEADER = (
-    "X-Restyle-Job-Id"  # a client-chosen job id, so a waiting client can follow the job's progress
-)
+# a client-chosen job id, so a waiting client can follow the job's progress (restyle.client repeats it)
+JOB_ID_HEADER = "X-Restyle-Job-Id"
 
 
 def job_for(state: Any, kind: str, run: Any, job_id: str | None = None) -> Job:
