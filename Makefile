@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 OUT ?= out/demo
 
-.PHONY: setup chromium serve demo test lint typecheck check clean
+.PHONY: setup chromium serve demo test test-slow lint typecheck check clean
 
 $(BIN)/restyle: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,13 @@ chromium:
 ## The test suite (offline, tiny models, CPU; the studio in headless Chromium).
 test: setup chromium
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+## The slow checks (CI runs them too): the README's benchmark commands as written, the original payload
+## verbatim through the container entry point, and model.tar.gz run by the real inference toolkit and model
+## server in fresh venvs (PyPI installs: a few minutes).
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slow \
+	  tests/test_readme.py tests/package/test_container.py tests/package/test_container_check.py
 
 lint: setup
 	$(BIN)/ruff check src tests

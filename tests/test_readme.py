@@ -28,6 +28,7 @@ README_URL = "http://127.0.0.1:8080"
 NOT_RUN = {
     "make serve": "the `readme_server` fixture runs what it runs: `restyle serve` in preview mode",
     "make test": "this test suite itself",
+    "make test-slow": "CI runs it, after `make test`",
     "make lint": "CI runs it",
     "make typecheck": "CI runs it",
 }

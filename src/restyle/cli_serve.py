@@ -292,20 +292,79 @@ def package(
         list[str] | None, typer.Option("--style", help="A LoRA style NAME=PATH to include (repeat).")
     ] = None,
     run: Annotated[bool, typer.Option(help="verify: also extract it and drive its handler.")] = True,
+    container: Annotated[
+        bool,
+        typer.Option(
+            "--container",
+            help="verify: run it as the Hugging Face inference image does, in a fresh venv (minutes; "
+            "needs PyPI): install code/requirements.txt, import the real toolkit, send the original payload.",
+        ),
+    ] = False,
+    toolkit: Annotated[
+        str | None,
+        typer.Option(
+            help="--container: the inference toolkit to install (pip requirement, wheel or git URL; "
+            "default: the released 2.6.0)."
+        ),
+    ] = None,
+    torch_req: Annotated[
+        str | None,
+        typer.Option("--torch", help="--container: torch to install (default: this machine's version)."),
+    ] = None,
+    find_links: Annotated[
+        list[Path] | None,
+        typer.Option("--find-links", help="--container: a local wheel folder pip may use (repeat)."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="--container: denoising steps of the original payload (default 45, the original's)."
+        ),
+    ] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(help="--container: keep the venv, model and log in this (new or empty) folder."),
+    ] = None,
 ) -> None:
     """Pack a model as SageMaker's model.tar.gz (files at the root, code/ included), or `verify` one.
 
     restyle package ./my-model -o model.tar.gz --segmenter ./clipseg
     restyle package verify model.tar.gz
+    restyle package verify model.tar.gz --container
     """
     from restyle.package import build_archive
+    from restyle.package.archive import ArchiveError
+    from restyle.package.container_check import ContainerCheck
     from restyle.package.verify import verify_archive
 
     _quiet()
     if target == "verify":
         if archive is None:
             raise InvalidParameterError("ARCHIVE: `restyle package verify model.tar.gz`", field="archive")
-        _print_json(verify_archive(archive, run=run))
+        check = None
+        if container:
+            check = ContainerCheck(
+                torch=torch_req,
+                find_links=tuple(str(p) for p in find_links or ()),
+                keep=keep,
+                say=lambda line: typer.echo(f"container check: {line}", err=True),
+            )
+            if toolkit:
+                check.toolkit = toolkit
+            if steps is not None:
+                if steps < 1:
+                    raise InvalidParameterError("--steps: must be at least 1", field="steps")
+                check.steps = steps
+        elif toolkit or torch_req or find_links or steps is not None or keep:
+            raise InvalidParameterError(
+                "--toolkit, --torch, --find-links, --steps and --keep go with --container", field="container"
+            )
+        try:
+            _print_json(verify_archive(archive, run=run, container=check))
+        except ArchiveError as err:
+            if err.report:
+                _print_json(err.report)
+            raise
         typer.secho(f"{archive}: OK", fg=typer.colors.GREEN, err=True)
         return
     if archive is not None:
@@ -325,7 +384,11 @@ def deploy(
     region: Annotated[str, typer.Option()] = "us-east-1",
     instance_type: Annotated[str, typer.Option()] = "ml.g5.xlarge",
     image_uri: Annotated[
-        str | None, typer.Option(help="Serving image (default: HF PyTorch inference).")
+        str | None,
+        typer.Option(
+            help="Serving image (default: the Hugging Face PyTorch inference image, transformers 5.5.3 "
+            "build, gpu or cpu as the instance is), or restyle's own (Dockerfile) in your registry."
+        ),
     ] = None,
     min_instances: Annotated[int, typer.Option()] = 1,
     max_instances: Annotated[int, typer.Option()] = 2,
@@ -338,7 +401,8 @@ def deploy(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the API calls; send nothing.")] = False,
 ) -> None:
     """Create a real-time endpoint (model, endpoint config, endpoint, autoscaling) for a model.tar.gz."""
-    from restyle.package.deploy import DeploySpec, apply, plan
+    from restyle.package.deploy import CAVEATS, DeploySpec, apply, plan
+    from restyle.package.images import check_image
 
     spec = DeploySpec(
         name=name,
@@ -352,8 +416,12 @@ def deploy(
         target_invocations=target_invocations,
         workers=workers,
     )
+    calls = plan(spec)
+    typer.echo(f"image: {spec.image()} ({check_image(spec.image(), spec.instance_type)})", err=True)
+    for caveat in CAVEATS:
+        typer.echo(f"note: {caveat}", err=True)
     if dry_run:
-        _print_json(plan(spec))
+        _print_json(calls)
         return
     apply(spec)
     typer.echo(f"endpoint {name} is InService in {region}")

@@ -7,6 +7,7 @@ Layout, files at the archive root (not inside a folder), as the platform expects
     styles/NAME/pytorch_lora_weights.safetensors   optional LoRA styles
     code/inference.py          model_fn / input_fn / predict_fn / output_fn
     code/requirements.txt      what the toolkit pip-installs before loading
+    code/sitecustomize.py      lets the released toolkit import under transformers 5 (toolkit_compat.py)
     code/restyle/              restyle itself (the handler imports it; no index needed)
 """
 
@@ -25,25 +26,34 @@ from restyle.errors import InvalidParameterError, ModelLoadError
 from restyle.files import atomic_write
 
 REQUIRED = ("feature_extractor", "scheduler", "text_encoder", "tokenizer", "unet", "vae")
-CODE_DEPS = (
+# code/requirements.txt, installed over the serving image (docs/SERVING.md, "Which image"):
+# the libraries that load and run the models are pinned to the versions restyle runs here, because
+# models saved by them must be read by them (transformers 5.5.3, the image's own, reads a CLIP text
+# encoder saved by 5.23 as random weights: see package/verify.py's weight check);
+PINNED_DEPS = (
     "diffusers",
     "transformers",
-    "accelerate",
-    "safetensors",
+    "tokenizers",
     "huggingface_hub",
+    "accelerate",
     "peft",
+    "safetensors",
     "pydantic",
-    "pillow",
-    "numpy",
-    "scipy",
-)  # torch comes with the serving image (its CUDA build)
+)
+# the image's own builds of these stay (its numpy/scipy are compiled together): restyle's floors only.
+IMAGE_DEPS = ("numpy", "pillow", "scipy")
+# torch is the image's (its CUDA build); nothing pinned above may need a newer one (see images.py).
 # training leftovers (logs, validation images, mask cache) and folders the archive fills itself
 SKIP_DIRS = {"logs", "validation", "masks", ".git", "__pycache__", ".cache", "code", "segmenter", "styles"}
 SKIP_FILES = {"optimizer.bin", "scheduler.bin", "random_states_0.pkl", "model.tar.gz"}
 
 
 class ArchiveError(InvalidParameterError):
-    """A model folder or archive that does not have the layout an endpoint needs."""
+    """A model folder or archive that does not have the layout an endpoint needs, or does not run."""
+
+    def __init__(self, message: str, *, field: str | None = None, report: dict | None = None) -> None:
+        super().__init__(message, field=field)
+        self.report = report or {}  # what a check saw before it failed
 
 
 def _is_checkpoint(part: str) -> bool:
@@ -102,14 +112,27 @@ def _add_bytes(tar: tarfile.TarFile, arcname: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _floor(dist: str) -> str:
+    """restyle's own requirement on `dist` (e.g. numpy>=1.26), or the bare name."""
+    for req in metadata.requires("restyle") or []:
+        name = req.split(";")[0].strip()
+        base = name.split("[")[0]
+        for sep in ("<", ">", "=", "!", "~"):
+            base = base.split(sep)[0]
+        if base.strip().lower().replace("-", "_") == dist.lower().replace("-", "_"):
+            return name
+    return dist
+
+
 def requirements() -> str:
-    """code/requirements.txt: the handler's dependencies, pinned to the versions restyle runs here."""
-    lines = ["# installed by the inference toolkit before code/inference.py is imported"]
-    for dist in CODE_DEPS:
+    """code/requirements.txt: what the toolkit pip-installs over the serving image before the handler."""
+    lines = ["# installed by the inference toolkit over the serving image, before code/inference.py"]
+    for dist in PINNED_DEPS:
         try:
             lines.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
-            lines.append(dist)
+            lines.append(_floor(dist))
+    lines += [_floor(dist) for dist in IMAGE_DEPS]
     return "\n".join(lines) + "\n"
 
 
@@ -117,6 +140,7 @@ def _code_files() -> Iterator[tuple[Path, str]]:
     """code/inference.py and the restyle package (no tests, no caches)."""
     pkg = Path(restyle.__file__).parent
     yield pkg / "package" / "inference.py", "code/inference.py"
+    yield pkg / "package" / "toolkit_compat.py", "code/sitecustomize.py"
     for path, name in _walk(pkg, "code/restyle"):
         if path.suffix in {".py", ".typed", ".html", ".css", ".js", ".svg", ".png", ".json"}:
             yield path, name

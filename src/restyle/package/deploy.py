@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from restyle.errors import InvalidParameterError
+from restyle.package.images import check_image, default_image
 
-# Hugging Face PyTorch inference image (Python 3.11 is needed by restyle); check the current tags at
-# https://github.com/aws/deep-learning-containers/blob/master/available_images.md and pass --image-uri.
-DEFAULT_IMAGE = (
-    "763104351884.dkr.ecr.{region}.amazonaws.com/"
-    "huggingface-pytorch-inference:2.3.0-transformers4.46.1-gpu-py311-cu121-ubuntu20.04"
+REALTIME_RESPONSE_MB = 6  # a real-time endpoint drops larger answers; the handler refuses them first
+CAVEATS = (
+    "A real-time endpoint answers at most 6 MB: the handler refuses a larger answer with a message "
+    "naming num_images_per_prompt (RESTYLE_MAX_RESPONSE_MB); ask for fewer or smaller images, or JPEG.",
+    "Each model-server worker loads every model: SAGEMAKER_MODEL_SERVER_WORKERS is --workers "
+    "(one per GPU of the instance).",
 )
 
 
@@ -29,7 +31,7 @@ class DeploySpec:
     role: str  # IAM role ARN SageMaker assumes to read the archive
     region: str = "us-east-1"
     instance_type: str = "ml.g5.xlarge"  # one A10G; the original used ml.g4dn (T4)
-    image_uri: str | None = None  # default: DEFAULT_IMAGE in `region`
+    image_uri: str | None = None  # default: images.TARGET in `region`, gpu or cpu as the instance is
     min_instances: int = 1
     max_instances: int = 2
     target_invocations: int = 20  # per instance per minute before another instance is added
@@ -60,12 +62,16 @@ class DeploySpec:
             raise InvalidParameterError("workers: must be at least 1 (one per GPU)", field="workers")
         if self.target_invocations < 1:
             raise InvalidParameterError("target_invocations: must be at least 1", field="target_invocations")
+        check_image(self.image(), self.instance_type)
+
+    def image(self) -> str:
+        return self.image_uri or default_image(self.region, self.instance_type)
 
 
 def plan(spec: DeploySpec) -> list[dict[str, Any]]:
     """The API calls, in order: [{"service", "operation", "params"}, ...]."""
     spec.check()
-    image = spec.image_uri or DEFAULT_IMAGE.format(region=spec.region)
+    image = spec.image()
     variant = "AllTraffic"
     resource = f"endpoint/{spec.name}/variant/{variant}"
     env = {
@@ -75,6 +81,7 @@ def plan(spec: DeploySpec) -> list[dict[str, Any]]:
         "MMS_DEFAULT_RESPONSE_TIMEOUT": str(spec.timeout_s),
         # the model server starts one worker per CPU by default, each loading every model: one per GPU
         "SAGEMAKER_MODEL_SERVER_WORKERS": str(spec.workers),
+        "RESTYLE_MAX_RESPONSE_MB": str(REALTIME_RESPONSE_MB),
     }
     return [
         {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from restyle.errors import ModelNotFoundError
 
@@ -41,3 +42,19 @@ def packaged_models(root: str | Path) -> PackagedModels:
         segmenter=str(seg) if (seg / "config.json").is_file() else None,
         styles=tuple((p.name, str(p / LORA_FILE)) for p in found),
     )
+
+
+def loaded_modules(service: Any) -> dict[str, Any]:
+    """The torch modules a loaded handler (`model_fn`'s Service) runs, by the archive folder they came from.
+
+    `restyle package verify --container` compares them with the files, so that weights a library could
+    not read (and silently initialised at random) are caught.
+    """
+    engine = service.engine
+    pipe = engine.inpainter.pipe
+    modules = {name: getattr(pipe, name) for name in ("unet", "vae", "text_encoder")}
+    if engine.config.segmenter and Path(str(engine.config.segmenter)).is_dir():
+        model = getattr(engine.segmenter, "model", None)
+        if model is not None:
+            modules["segmenter"] = model
+    return modules

@@ -1,5 +1,7 @@
 """`restyle package verify`: check an archive's layout, extract it safely and drive its handler.
 
+`--container` instead runs it as the serving image does (package/container_check.py).
+
 The handler runs in a fresh Python process, loaded the way the inference toolkit loads it (import
 code/inference.py from the extracted folder, model_fn, then predict_fn), so it uses the restyle copy
 inside the archive, not the one installed here.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from restyle.package.archive import ArchiveError, inspect_archive, safe_extract
+from restyle.package.container_check import ContainerCheck, check_in_container
 
 # Runs in the child: nothing from restyle is imported before code/inference.py puts its own copy first.
 DRIVER = r"""
@@ -59,8 +62,14 @@ def drive(root: str | Path, steps: int = 2, timeout: float = 900.0) -> dict[str,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def verify_archive(archive: str | Path, *, run: bool = True, steps: int = 2) -> dict[str, Any]:
-    """Check layout and safety; with `run`, extract to a fresh folder and drive the handler."""
+def verify_archive(
+    archive: str | Path, *, run: bool = True, steps: int = 2, container: ContainerCheck | None = None
+) -> dict[str, Any]:
+    """Check layout and safety; with `run`, extract to a fresh folder and drive the handler here.
+
+    With `container`, instead install and call it as the serving image does, in a fresh virtual
+    environment (package/container_check.py): minutes, and downloads from PyPI.
+    """
     names = inspect_archive(archive)
     report: dict[str, Any] = {
         "archive": str(archive),
@@ -69,7 +78,9 @@ def verify_archive(archive: str | Path, *, run: bool = True, steps: int = 2) -> 
         "segmenter": any(n.startswith("segmenter/") for n in names),
         "styles": sorted({n.split("/")[1] for n in names if n.startswith("styles/")}),
     }
-    if run:
+    if container is not None:
+        report["container"] = check_in_container(archive, container)
+    elif run:
         with tempfile.TemporaryDirectory(prefix="restyle-verify-") as tmp:
             safe_extract(archive, tmp)
             report["handler"] = drive(tmp, steps=steps)
