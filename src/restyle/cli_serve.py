@@ -300,11 +300,18 @@ def package(
             "needs PyPI): install code/requirements.txt, import the real toolkit, send the original payload.",
         ),
     ] = False,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="--container: the image build to stand in for, by its transformers version: 4.51.3 "
+            "(deploy's default; its toolkit is on PyPI) or 5.5.3 (its toolkit comes from GitHub)."
+        ),
+    ] = None,
     toolkit: Annotated[
         str | None,
         typer.Option(
-            help="--container: the inference toolkit to install (pip requirement, wheel or git URL; "
-            "default: the released 2.6.0)."
+            help="--container: the inference toolkit to install instead of the image's (pip requirement, "
+            "wheel or git URL)."
         ),
     ] = None,
     torch_req: Annotated[
@@ -343,7 +350,15 @@ def package(
             raise InvalidParameterError("ARCHIVE: `restyle package verify model.tar.gz`", field="archive")
         check = None
         if container:
+            from restyle.package.images import IMAGES, TARGET
+
+            if image is not None and image not in IMAGES:
+                raise InvalidParameterError(
+                    f"--image: {image!r}; one of {', '.join(IMAGES)} (the transformers version of the build)",
+                    field="image",
+                )
             check = ContainerCheck(
+                image=IMAGES[image] if image else TARGET,
                 torch=torch_req,
                 find_links=tuple(str(p) for p in find_links or ()),
                 keep=keep,
@@ -355,9 +370,10 @@ def package(
                 if steps < 1:
                     raise InvalidParameterError("--steps: must be at least 1", field="steps")
                 check.steps = steps
-        elif toolkit or torch_req or find_links or steps is not None or keep:
+        elif image or toolkit or torch_req or find_links or steps is not None or keep:
             raise InvalidParameterError(
-                "--toolkit, --torch, --find-links, --steps and --keep go with --container", field="container"
+                "--image, --toolkit, --torch, --find-links, --steps and --keep go with --container",
+                field="container",
             )
         try:
             _print_json(verify_archive(archive, run=run, container=check))
@@ -386,8 +402,9 @@ def deploy(
     image_uri: Annotated[
         str | None,
         typer.Option(
-            help="Serving image (default: the Hugging Face PyTorch inference image, transformers 5.5.3 "
-            "build, gpu or cpu as the instance is), or restyle's own (Dockerfile) in your registry."
+            help="Serving image (default: the Hugging Face PyTorch inference image, torch 2.6 / "
+            "transformers 4.51.3 build, gpu or cpu as the instance is), or restyle's own (Dockerfile) "
+            "in your registry."
         ),
     ] = None,
     min_instances: Annotated[int, typer.Option()] = 1,
@@ -417,7 +434,8 @@ def deploy(
         workers=workers,
     )
     calls = plan(spec)
-    typer.echo(f"image: {spec.image()} ({check_image(spec.image(), spec.instance_type)})", err=True)
+    what = check_image(spec.image(), spec.instance_type, spec.region)
+    typer.echo(f"image: {spec.image()} ({what})", err=True)
     for caveat in CAVEATS:
         typer.echo(f"note: {caveat}", err=True)
     if dry_run:

@@ -21,9 +21,9 @@ import pytest
 from restyle.errors import InvalidParameterError
 from restyle.package import ArchiveError, build_archive
 from restyle.package.archive import IMAGE_DEPS, PINNED_DEPS, requirements
-from restyle.package.container_check import ContainerCheck, _unmatched, check_in_container
+from restyle.package.container_check import ContainerCheck, _compare, check_in_container
 from restyle.package.deploy import DeploySpec, plan
-from restyle.package.images import TARGET, check_image, default_image
+from restyle.package.images import IMAGES, TARGET, TRANSFORMERS_5, check_image, default_image
 
 COMPAT = Path(__file__).parents[2] / "src" / "restyle" / "package" / "toolkit_compat.py"
 WHEELS = tuple(p for p in ("/opt/wheels",) if Path(p).is_dir())  # this workplace's CPU torch wheel
@@ -33,7 +33,9 @@ DLC = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-inferenc
 # --- code/sitecustomize.py -------------------------------------------------------------------------
 
 
-def _python_with(tmp_path: Path, *, has_tf: bool, image_site: bool = False, env: dict | None = None):
+def _python_with(
+    tmp_path: Path, *, has_tf: bool, image_site: bool = False, env: dict | None = None, before: str = ""
+):
     """Run `from transformers.file_utils import is_tf_available` as a toolkit worker would, against a stand-in
     transformers package, with the archive's code/ first on PYTHONPATH (as the toolkit sets it)."""
     code, fake, image = tmp_path / "code", tmp_path / "fake", tmp_path / "image"
@@ -56,7 +58,7 @@ def _python_with(tmp_path: Path, *, has_tf: bool, image_site: bool = False, env:
         [
             sys.executable,
             "-c",
-            "from transformers.file_utils import is_tf_available, is_torch_available\n"
+            before + "from transformers.file_utils import is_tf_available, is_torch_available\n"
             "print(is_tf_available())",
         ],
         capture_output=True,
@@ -71,6 +73,17 @@ def test_compat_supplies_is_tf_available_only_where_transformers_lacks_it_and_sa
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
     assert "has no is_tf_available; supplied one" in proc.stderr
+
+
+def test_compat_survives_a_find_spec_that_does_not_load(tmp_path):
+    """importlib.util.find_spec asks without loading: the finder must stay until the module loads."""
+    proc = _python_with(
+        tmp_path,
+        has_tf=False,
+        before="import importlib.util\nimportlib.util.find_spec('transformers.file_utils')\n",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
 
 
 def test_compat_leaves_a_transformers_that_has_it_alone(tmp_path):
@@ -119,16 +132,20 @@ def test_compat_works_on_the_transformers_restyle_pins():
 def test_weights_compare_by_value_whatever_the_names():
     saved = [[[4], 1.0, 1.0], [[4], 1.004, 1.004], [[4, 4], -3.0, 9.0]]
     renamed_and_reordered = [[[4, 4], -3.0, 9.0], [[4], 1.004, 1.004], [[4], 1.0, 1.0]]
-    assert _unmatched(saved, renamed_and_reordered) == 0
+    assert _compare(saved, renamed_and_reordered) == (0, 0)
     fp16_rounded = [[[4], 1.0004, 1.0004], [[4], 1.0041, 1.0041], [[4, 4], -3.01, 9.01]]
-    assert _unmatched(saved, fp16_rounded) == 0
+    assert _compare(saved, fp16_rounded) == (0, 0)
+    tied_copy = [*renamed_and_reordered, [[4, 4], -3.0, 9.0]]  # one tensor held under two names
+    assert _compare(saved, tied_copy) == (0, 0)
 
 
 def test_weights_initialised_at_random_are_caught():
     saved = [[[8], 0.31, 2.2], [[8], -0.7, 3.1]]
     random_init = [[[8], 0.05, 6.4], [[8], 0.12, 6.1]]
-    assert _unmatched(saved, random_init) == 2
-    assert _unmatched(saved, []) == 2
+    assert _compare(saved, random_init) == (2, 2)
+    assert _compare(saved, []) == (2, 0)
+    missing_keys = [*saved, [[8], 0.9, 5.0]]  # loaded, but in no file: initialised at random
+    assert _compare(saved, missing_keys) == (0, 1)
 
 
 # --- code/requirements.txt -----------------------------------------------------------------------------
@@ -157,13 +174,13 @@ def test_the_archive_carries_the_compat_layer(tiny_models, tmp_path):
 # --- the image deploy uses ---------------------------------------------------------------------------
 
 
-def test_the_default_image_is_the_transformers_5_build_in_the_instances_flavour():
+def test_the_default_image_is_the_sdks_torch_2_6_build_in_the_instances_flavour():
     assert (
         default_image("us-east-1", "ml.g5.xlarge")
-        == DLC + "2.6.0-transformers5.5.3-gpu-py312-cu124-ubuntu22.04"
+        == DLC + "2.6.0-transformers4.51.3-gpu-py312-cu124-ubuntu22.04"
     )
     assert default_image("us-east-1", "ml.m5.xlarge").endswith(
-        ":2.6.0-transformers5.5.3-cpu-py312-ubuntu22.04"
+        ":2.6.0-transformers4.51.3-cpu-py312-ubuntu22.04"
     )
     assert default_image("eu-south-1", "ml.g5.xlarge").startswith(
         "692866216735.dkr.ecr.eu-south-1.amazonaws.com/"
@@ -171,10 +188,12 @@ def test_the_default_image_is_the_transformers_5_build_in_the_instances_flavour(
     assert default_image("cn-north-1", "ml.g5.xlarge").startswith(
         "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/"
     )
-    for tag in (TARGET.tag("gpu"), TARGET.tag("cpu")):
-        assert "Hugging Face inference image" in check_image(
-            DLC + tag, "ml.g5.xlarge" if "gpu" in tag else "ml.c5.xlarge"
-        )
+    assert set(IMAGES) == {"4.51.3", "5.5.3"}
+    for image in IMAGES.values():
+        for tag in (image.tag("gpu"), image.tag("cpu")):
+            instance = "ml.g5.xlarge" if "gpu" in tag else "ml.c5.xlarge"
+            assert "Hugging Face inference image" in check_image(DLC + tag, instance, "us-east-1")
+    assert check_image(DLC + TRANSFORMERS_5.tag() + "-v1.2", "ml.g5.xlarge")  # a pinned release tag
 
 
 @pytest.mark.parametrize(
@@ -204,6 +223,12 @@ def test_the_default_image_is_the_transformers_5_build_in_the_instances_flavour(
         ),
         (DLC + "latest", "ml.g5.xlarge", ["not a Hugging Face inference tag"]),
         ("restyle:latest", "ml.g5.xlarge", ["not an ECR image"]),
+        (
+            DLC.replace("us-east-1", "us-west-2") + TARGET.tag(),
+            "ml.g5.xlarge",
+            ["in us-west-2", "in us-east-1"],
+        ),
+        (DLC + TARGET.tag("cpu"), "ml.c7g.xlarge", ["Graviton", "x86"]),
     ],
 )
 def test_a_mismatched_image_is_refused_by_name(uri, instance, words):
@@ -292,7 +317,8 @@ def test_the_tiny_archive_serves_the_original_payload_through_the_real_toolkit(t
         answers["Accept: image/png"]["status"] == 400 and "accept" in answers["Accept: image/png"]["message"]
     )
     assert "num_inference_steps" in answers["bad field"]["message"]
-    assert report["versions"]["sagemaker-huggingface-inference-toolkit"] == "2.6.0"
+    assert report["versions"]["sagemaker-huggingface-inference-toolkit"] == "2.6.0"  # the image's own
+    assert report["image"] == TARGET.tag() == "2.6.0-transformers4.51.3-gpu-py312-cu124-ubuntu22.04"
     assert report["versions"]["multi-model-server"] == "1.1.11"
     from importlib import metadata
 
@@ -331,24 +357,32 @@ def test_an_archive_whose_requirements_break_the_toolkits_import_fails(tiny_arch
 
 
 @pytest.mark.slow
-def test_an_archive_left_on_the_images_transformers_fails_on_its_weights(tiny_archive, tmp_path):
-    """requirements.txt that keeps the image's transformers 5.5.3: the handler loads and answers 200, but
-    5.5.3 cannot read the text encoder restyle's transformers saved and runs it on random weights."""
+def test_an_archive_with_an_older_transformers_fails_on_its_weights(tiny_archive, tmp_path):
+    """requirements.txt pinning the transformers 5.5.3 set (the newer image's own) under models saved by
+    restyle's transformers: the handler loads and would answer 200, but 5.5.3 cannot read the text encoder
+    as saved and runs it on random weights."""
     with tarfile.open(tiny_archive) as tar:
         reqs = tar.extractfile("code/requirements.txt").read().decode()
-    keep_image = "\n".join(
-        ln
-        for ln in reqs.splitlines()
-        if not ln.startswith(("transformers==", "tokenizers==", "huggingface_hub=="))
-    )
-    keep_image = keep_image.replace("diffusers==", "# diffusers==").replace("peft==", "# peft==")
-    keep_image = keep_image.replace("accelerate==", "# accelerate==") + "\n"
+    five = TRANSFORMERS_5
+    older = {
+        "transformers": five.transformers,
+        "huggingface_hub": five.huggingface_hub,
+        "diffusers": five.diffusers,
+        "peft": five.peft,
+        "accelerate": five.accelerate,
+    }
+    lines = []
+    for line in reqs.splitlines():
+        name = line.split("==")[0]
+        if name == "tokenizers":
+            continue  # transformers 5.5.3 takes its own
+        lines.append(f"{name}=={older[name]}" if name in older else line)
     broken = _rewrite(
         tiny_archive,
-        tmp_path / "image-transformers.tar.gz",
-        replace={"code/requirements.txt": keep_image.encode()},
+        tmp_path / "older-transformers.tar.gz",
+        replace={"code/requirements.txt": ("\n".join(lines) + "\n").encode()},
     )
     with pytest.raises(ArchiveError) as err:
         check_in_container(broken, ContainerCheck(find_links=WHEELS, steps=1))
     assert "text_encoder:" in str(err.value) and "initialised them at random" in str(err.value)
-    assert err.value.report["versions"]["transformers"] == TARGET.transformers
+    assert err.value.report["versions"]["transformers"] == five.transformers

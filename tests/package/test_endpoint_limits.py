@@ -34,12 +34,22 @@ def test_each_worker_loads_onto_the_gpu_it_was_given(monkeypatch):
     assert inference.worker_device(context) == "auto"
 
 
-@pytest.mark.parametrize("accept", ["application/json", "application/json; charset=utf-8", "*/*", None])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "*/*",
+        None,
+        "application/json, text/plain, */*",  # axios's default: the toolkit passes the list as it came
+        "text/html, application/*;q=0.8",
+    ],
+)
 def test_json_answers_for_json_accepts(accept):
     assert inference.output_fn({"generated_images": []}, accept) == '{"generated_images": []}'
 
 
-@pytest.mark.parametrize("accept", ["image/png", "image/jpeg", "text/csv"])
+@pytest.mark.parametrize("accept", ["image/png", "image/jpeg", "text/csv", "image/png, text/plain"])
 def test_other_accepts_are_refused_not_mislabelled(accept):
     with pytest.raises(InvalidParameterError, match='image_format": "png') as err:
         inference.output_fn({"generated_images": []}, accept)

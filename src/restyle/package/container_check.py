@@ -1,15 +1,18 @@
 """`restyle package verify --container`: run model.tar.gz the way the Hugging Face inference image does.
 
-In a fresh virtual environment, outside restyle's own:
-1. the image's layer: its library versions (images.TARGET), multi-model-server, sagemaker-inference and
-   the inference toolkit (the released one by default; `toolkit=` takes the image's git commit or a
-   wheel), torch from `torch=` (this machine's by default: the image's own CUDA build is not on PyPI);
-2. the archive extracted into SAGEMAKER_BASE_DIR/model, and `code/requirements.txt` installed by
+In a fresh virtual environment, outside restyle's own, for one of the images in images.IMAGES:
+1. the image's layer: its library versions, multi-model-server, sagemaker-inference and its inference
+   toolkit (`toolkit=` overrides it), torch from `torch=` (this machine's by default: the image's CUDA
+   build is gigabytes);
+2. the entry point's import: `sagemaker_huggingface_inference_toolkit.serving` imported the way the
+   image's entry point does, on the image's own libraries, before anything of the archive is installed;
+3. the archive extracted into SAGEMAKER_BASE_DIR/model; `code/requirements.txt` resolved together with the
+   image's torch version (so installing it can never replace the image's torch), then installed by
    sagemaker-inference's own `_install_requirements` (the container's exact pip command);
-3. a model-server worker as MMS starts one (its PYTHONPATH, the model folder as working directory):
-   MMS's own model loader imports the toolkit's handler service and calls `initialize(context)`; then
-   requests go through MMS's `Service.predict` (`handle(data, context)`) in MMS's wire format, and the
-   answers are decoded from it: status, content type, body.
+4. a model-server worker as MMS starts one (code/ first on its PYTHONPATH, the model folder as working
+   directory, OMP_NUM_THREADS=1 unless set): MMS's own model loader imports the toolkit's handler service
+   and calls `initialize(context)`; then requests go through MMS's `Service.predict` (`handle(data,
+   context)`) in MMS's wire format, and the answers are decoded from it: status, content type, body.
 
 The check passes when the handler imports, `initialize` loads the models with the weights that are in the
 archive (a library that cannot read a saved format initialises weights at random and only logs it), the
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from restyle.package.archive import ArchiveError, inspect_archive, safe_extract
-from restyle.package.images import INFERENCE_LIBRARY, RELEASED_TOOLKIT, TARGET
+from restyle.package.images import INFERENCE_LIBRARY, TARGET, ServingImage
 
 HANDLER = "sagemaker_huggingface_inference_toolkit.handler_service"
 JSON = "application/json"
@@ -96,13 +99,17 @@ def floating(items):
 
 weights = {}
 for name, module in loaded_modules(handler.model).items():
-    files = sorted(__import__("pathlib").Path(plan["model_dir"], name).glob("*.safetensors"))
+    folder = __import__("pathlib").Path(plan["model_dir"], name)
     # a folder may also hold a variant (name.fp16.safetensors): compare with the main weights
+    files = sorted(folder.glob("*.safetensors"))
     files = [f for f in files if len(f.name.split(".")) == 2] or files[:1]
     saved = []
     for f in files:
         with safe_open(str(f), "pt") as fh:
             saved += floating((k, fh.get_tensor(k)) for k in fh.keys())
+    if not files:  # older folders: pickled weights, read without running code
+        for f in sorted(p for p in folder.glob("*.bin") if len(p.name.split(".")) == 2):
+            saved += floating(torch.load(str(f), map_location="cpu", weights_only=True).items())
     loaded = floating(module.state_dict().items())
     weights[name] = {"saved": saved, "loaded": loaded}
 result["weights"] = weights
@@ -171,13 +178,20 @@ finish()
 INSTALL_REQUIREMENTS = (
     "from sagemaker_inference import model_server as m; m._set_python_path(); m._install_requirements()"
 )
+# what the image's entry point (dockerd-entrypoint.py -> serving.main) imports before it starts MMS
+ENTRY_IMPORT = "import sagemaker_huggingface_inference_toolkit.serving"
+# this machine's settings that would change what the toolkit or sagemaker-inference do
+FOREIGN = ("RESTYLE_", "PYTHON", "VIRTUAL_ENV", "SAGEMAKER_", "HF_TASK", "HF_MODEL_", "HF_API_TOKEN")
+# pip settings that are about reaching an index (kept: a private mirror must keep working)
+PIP_KEPT = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT", "PIP_CLIENT_CERT")
 
 
 @dataclass
 class ContainerCheck:
     """How to stand in for the serving image."""
 
-    toolkit: str = RELEASED_TOOLKIT  # pip requirement; TARGET.toolkit is the image's own git commit
+    image: ServingImage = TARGET
+    toolkit: str | None = None  # pip requirement, wheel or git URL; default: the image's own
     torch: str | None = None  # pip requirement for torch; default: this machine's torch version
     find_links: tuple[str, ...] = ()  # local wheel folders pip may use (e.g. a CPU torch wheel)
     python: str = sys.executable  # the interpreter the venv is made from (the image has 3.12)
@@ -233,42 +247,61 @@ def _run(cmd: list[str], log: Path, *, env: dict[str, str], cwd: Path, timeout: 
         raise ArchiveError(f"container check: {stage} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _unmatched(saved: list[Any], loaded: list[Any]) -> int:
-    """How many saved tensors have no loaded tensor of the same shape and the same sums (names aside:
-    libraries rename keys on load). Each saved tensor takes the closest loaded one left."""
+def _compare(saved: list[Any], loaded: list[Any]) -> tuple[int, int]:
+    """(saved tensors the handler does not hold, loaded tensors that are in no file) - by shape and value,
+    names aside (libraries rename keys on load). Each saved tensor takes the closest loaded one left; a
+    loaded tensor left over that equals a saved one is a tied copy, not a stranger."""
+
+    def close(a: tuple[float, float], b: tuple[float, float], scale: float) -> bool:
+        # fp16 on a GPU rounds each value: allow 1% of the magnitude
+        return abs(a[0] - b[0]) <= 1e-2 * (1.0 + scale) and abs(a[1] - b[1]) <= 1e-2 * (1.0 + scale)
+
     pool: dict[str, list[tuple[float, float]]] = {}
     for shape, total, absolute in loaded:
         pool.setdefault(str(shape), []).append((total, absolute))
     missing = 0
     for shape, total, absolute in saved:
         candidates = pool.get(str(shape), [])
-        if not candidates:
-            missing += 1
-            continue
-        best = min(
-            range(len(candidates)),
-            key=lambda i: abs(candidates[i][0] - total) + abs(candidates[i][1] - absolute),
-        )
-        t, a = candidates[best]
-        # fp16 on a GPU rounds each value: allow 1% of the magnitude
-        if abs(t - total) <= 1e-2 * (1.0 + absolute) and abs(a - absolute) <= 1e-2 * (1.0 + absolute):
-            candidates.pop(best)
-        else:
-            missing += 1
-    return missing
+        if candidates:
+            best = min(
+                range(len(candidates)),
+                key=lambda i: abs(candidates[i][0] - total) + abs(candidates[i][1] - absolute),
+            )
+            if close(candidates[best], (total, absolute), absolute):
+                candidates.pop(best)
+                continue
+        missing += 1
+    by_shape: dict[str, list[tuple[float, float]]] = {}
+    for shape, total, absolute in saved:
+        by_shape.setdefault(str(shape), []).append((total, absolute))
+    strangers = sum(
+        1
+        for shape, left in pool.items()
+        for stats in left
+        if not any(close(stats, s, abs(s[1])) for s in by_shape.get(shape, []))
+    )
+    return missing, strangers
 
 
 def _judge(result: dict[str, Any], photo_size: tuple[int, int], images: int) -> list[str]:
     """What the check failed on (empty: passed)."""
     problems = []
+    versions = result.get("versions") or {}
+    libraries = f"transformers {versions.get('transformers')}, diffusers {versions.get('diffusers')}"
     for name, w in result.get("weights", {}).items():
-        lost = _unmatched(w["saved"], w["loaded"])
-        if w["saved"] and lost:
-            versions = result.get("versions") or {}
+        if not w["saved"]:
+            continue
+        missing, strangers = _compare(w["saved"], w["loaded"])
+        if missing:
             problems.append(
-                f"{name}: {lost} of {len(w['saved'])} saved tensors are not what the handler loaded: "
-                f"the libraries installed (transformers {versions.get('transformers')}, diffusers "
-                f"{versions.get('diffusers')}) could not read them as saved and initialised them at random"
+                f"{name}: {missing} of {len(w['saved'])} saved tensors are not what the handler loaded: "
+                f"the libraries installed ({libraries}) could not read them as saved and initialised them "
+                "at random"
+            )
+        elif strangers:
+            problems.append(
+                f"{name}: the handler holds {strangers} tensors that are in none of the folder's files "
+                f"({libraries} initialised them at random: missing keys)"
             )
     answers = {a["name"]: a for a in result.get("answers", [])}
     original = answers.get("original payload", {})
@@ -314,8 +347,12 @@ def check_in_container(archive: str | Path, options: ContainerCheck | None = Non
 
 def _check(archive: Path, base: Path, opts: ContainerCheck, started: float) -> dict[str, Any]:
     model, venv, log = base / "model", base / "venv", base / "container-check.log"
+    image = opts.image
+    toolkit = opts.toolkit or image.toolkit
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("RESTYLE_", "PYTHON", "PIP_", "VIRTUAL_ENV"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(FOREIGN) and (not k.startswith("PIP_") or k in PIP_KEPT)
     }
     env.update(
         PIP_DISABLE_PIP_VERSION_CHECK="1",
@@ -327,42 +364,46 @@ def _check(archive: Path, base: Path, opts: ContainerCheck, started: float) -> d
     if opts.find_links:
         env["PIP_FIND_LINKS"] = " ".join(str(Path(p).resolve()) for p in opts.find_links)
     python = venv / "bin" / "python"
-    report: dict[str, Any] = {"archive": str(archive), "image": TARGET.tag(), "toolkit": opts.toolkit}
+    report: dict[str, Any] = {"archive": str(archive), "image": image.tag(), "toolkit": toolkit}
+
+    def run(cmd: list[str], stage: str, timeout: float = opts.timeout) -> None:
+        _run(cmd, log, env=env, cwd=base, timeout=timeout, stage=stage)
 
     opts.say(f"extracting {archive.name} into {model}")
     safe_extract(archive, model)
     opts.say(f"creating a fresh virtual environment ({venv})")
-    _run([opts.python, "-m", "venv", str(venv)], log, env=env, cwd=base, timeout=300, stage="venv")
+    run([opts.python, "-m", "venv", str(venv)], "venv", timeout=300)
     image_layer = [
         opts.torch or _torch_requirement(),
-        f"transformers=={TARGET.transformers}",
-        f"huggingface_hub=={TARGET.huggingface_hub}",
-        f"diffusers=={TARGET.diffusers}",
-        f"peft=={TARGET.peft}",
-        f"accelerate=={TARGET.accelerate}",
-        f"multi-model-server=={TARGET.model_server}",
+        f"transformers=={image.transformers}",
+        f"huggingface_hub=={image.huggingface_hub}",
+        f"diffusers=={image.diffusers}",
+        f"peft=={image.peft}",
+        f"accelerate=={image.accelerate}",
+        f"multi-model-server=={image.model_server}",
         INFERENCE_LIBRARY,
         "retrying",
         "numpy",
         "pillow",
         "scipy",
-        "setuptools<81",  # sagemaker-inference's model_server imports pkg_resources
+        image.setuptools,  # sagemaker-inference's model_server imports pkg_resources
     ]
-    opts.say(f"installing the image's layer: {', '.join(image_layer[:6])}, MMS {TARGET.model_server}")
+    opts.say(f"installing the image's layer ({image.tag()}): {', '.join(image_layer[:6])}, MMS")
     pip = [str(python), "-m", "pip", "install", "-q"]
-    _run(pip + image_layer, log, env=env, cwd=base, timeout=opts.timeout, stage="the image's libraries")
+    run(pip + image_layer, "the image's libraries")
     # --no-deps: the toolkit's audio extras (librosa, phonemizer, ...) are not on the handler's path
-    opts.say(f"installing the inference toolkit: {opts.toolkit}")
-    _run([*pip, "--no-deps", opts.toolkit], log, env=env, cwd=base, timeout=opts.timeout, stage="the toolkit")
-    opts.say("installing code/requirements.txt as the container does (sagemaker-inference)")
-    _run(
-        [str(python), "-c", INSTALL_REQUIREMENTS],
-        log,
-        env=env,
-        cwd=base,
-        timeout=opts.timeout,
-        stage="code/requirements.txt",
+    opts.say(f"installing the inference toolkit: {toolkit}")
+    run([*pip, "--no-deps", toolkit], "the toolkit")
+    opts.say("importing the toolkit as the image's entry point does, before the archive's requirements")
+    run([str(python), "-c", ENTRY_IMPORT], "the entry point's import (on the image's own libraries)")
+    requirements = model / "code" / "requirements.txt"
+    opts.say(f"resolving code/requirements.txt with the image's torch {image.torch}")
+    run(
+        [*pip, "--dry-run", "-r", str(requirements), f"torch=={image.torch}"],
+        f"resolving code/requirements.txt with torch=={image.torch} (it must not replace the image's torch)",
     )
+    opts.say("installing code/requirements.txt as the container does (sagemaker-inference)")
+    run([str(python), "-c", INSTALL_REQUIREMENTS], "code/requirements.txt")
 
     payload, photo_size = original_payload(opts.steps)
     bodies = base / "requests"
@@ -382,8 +423,10 @@ def _check(archive: Path, base: Path, opts: ContainerCheck, started: float) -> d
     plan.write_text(json.dumps({"model_dir": str(model), "handler": HANDLER, "requests": requests}))
     worker_env = {
         **env,
-        # MMS starts each worker with the model folder and the PYTHONPATH the toolkit set (code/ first)
-        "PYTHONPATH": f"{model}{os.pathsep}{model / 'code'}{os.pathsep}",
+        # MMS's WorkerLifeCycle: the PYTHONPATH the toolkit set (code/ first), then the model folder
+        "PYTHONPATH": f"{model / 'code'}{os.pathsep}{os.pathsep}{model}",
+        # MMS's model_service_worker.py: one thread per worker unless the environment says otherwise
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     opts.say(
         f"starting a model-server worker: initialize, then {len(requests)} requests "
@@ -427,9 +470,9 @@ def _check(archive: Path, base: Path, opts: ContainerCheck, started: float) -> d
     problems = _judge(result, photo_size, payload["num_images_per_prompt"])
     report["weights"] = {
         name: (
-            f"{len(w['saved']) - _unmatched(w['saved'], w['loaded'])} of {len(w['saved'])} tensors as saved"
+            f"{len(w['saved']) - _compare(w['saved'], w['loaded'])[0]} of {len(w['saved'])} tensors as saved"
             if w["saved"]
-            else "not compared (no .safetensors file)"
+            else "not compared (no weight file)"
         )
         for name, w in result.get("weights", {}).items()
     }

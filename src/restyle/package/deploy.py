@@ -62,7 +62,7 @@ class DeploySpec:
             raise InvalidParameterError("workers: must be at least 1 (one per GPU)", field="workers")
         if self.target_invocations < 1:
             raise InvalidParameterError("target_invocations: must be at least 1", field="target_invocations")
-        check_image(self.image(), self.instance_type)
+        check_image(self.image(), self.instance_type, self.region)
 
     def image(self) -> str:
         return self.image_uri or default_image(self.region, self.instance_type)

@@ -1,16 +1,24 @@
 """The serving images model.tar.gz targets, and the checks `restyle deploy` makes on an image URI.
 
 restyle targets the Hugging Face PyTorch inference image (the container the original design deployed to)
-in its transformers-5 build: `huggingface-pytorch-inference:2.6.0-transformers5.5.3-{gpu-py312-cu124,
-cpu-py312}-ubuntu22.04`. Why this one, and what code/requirements.txt changes in it: docs/SERVING.md,
-"Which image". The versions below are the image's own, as its Dockerfile installs them.
+on torch 2.6 / Python 3.12, in two builds the `sagemaker` SDK knows:
+
+- transformers 4.51.3 (the default): its inference toolkit is the released 2.6.0, so everything of its
+  Python side can be installed from PyPI and `restyle package verify --container` runs it as it is;
+- transformers 5.5.3 (the newest): its toolkit is an unreleased git commit, which that check can install
+  only where GitHub is reachable.
+
+In both, code/requirements.txt upgrades the model libraries to restyle's before the handler loads. Why
+this choice, and what changes in the image: docs/SERVING.md, "Which image". The versions below are the
+images' own, as their Dockerfiles install them.
 
 Sources:
 - aws/deep-learning-containers, huggingface/pytorch/inference/docker/2.6/py3/cu124/Dockerfile.gpu and
-  .../2.6/py3/Dockerfile.cpu at commit ca82ce3f68926a9b457d87aed15647a670084ed8 (2026-05-14, "Patch
-  diffusers in Hugging Face PyTorch DLCs"), the last change to them;
-- the `sagemaker` SDK's image table, sagemaker-core 2.27.0 `sagemaker/core/image_uri_config/
-  huggingface.json`: inference "5.5.3" / "pytorch2.6.0" / py312, and the registry account per region.
+  .../2.6/py3/Dockerfile.cpu: at commit 38c1245333532ae6ce12deea0cd7e356531e3265 (2025-12-15, the last
+  change of the transformers 4.51.3 build) and at ca82ce3f68926a9b457d87aed15647a670084ed8 (2026-05-14,
+  the last change of the transformers 5.5.3 build, which replaced it in that path);
+- the SDK's image table, sagemaker-core 2.27.0 `sagemaker/core/image_uri_config/huggingface.json`:
+  inference "4.51.3" and "5.5.3", each "pytorch2.6.0" / py312, and the registry account per region.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ class ServingImage:
     accelerate: str
     toolkit: str  # the pip requirement the image installs the inference toolkit from
     model_server: str  # multi-model-server
+    setuptools: str  # what the check installs for sagemaker-inference's pkg_resources import
 
     def tag(self, device: str = "gpu") -> str:
         py = "py" + self.python.replace(".", "")
@@ -48,7 +57,21 @@ class ServingImage:
         return f"{registry(region)}/{self.repository}:{self.tag(device)}"
 
 
-TARGET = ServingImage(
+TRANSFORMERS_4 = ServingImage(
+    repository=HF_INFERENCE_REPOSITORY,
+    version="2.6.0-transformers4.51.3",
+    python="3.12",
+    torch="2.6.0",
+    transformers="4.51.3",
+    huggingface_hub="0.30.0",
+    diffusers="0.33.1",
+    peft="0.14.0",
+    accelerate="1.6.0",
+    toolkit="sagemaker-huggingface-inference-toolkit==2.6.0",
+    model_server="1.1.11",
+    setuptools="setuptools>=70,<82",  # the Dockerfile asks >=70; 82 dropped pkg_resources
+)
+TRANSFORMERS_5 = ServingImage(
     repository=HF_INFERENCE_REPOSITORY,
     version="2.6.0-transformers5.5.3",
     python="3.12",
@@ -58,14 +81,14 @@ TARGET = ServingImage(
     diffusers="0.38.0",
     peft="0.18.1",
     accelerate="1.12.0",
-    # unreleased 2.7.0: the image installs it from git; 2.6.0 (PyPI) does not import under transformers 5
+    # the unreleased 2.7.0, from git: 2.6.0 does not import under transformers 5
     toolkit="git+https://github.com/aws/sagemaker-huggingface-inference-toolkit.git@f0c3eb2",
     model_server="1.1.11",
+    setuptools="setuptools>=81,<82",  # the Dockerfile asks >=81; 82 dropped pkg_resources
 )
-# The released toolkit `restyle package verify --container` installs by default (PyPI reaches everywhere
-# the git commit may not); code/sitecustomize.py makes it import under transformers 5.
-RELEASED_TOOLKIT = "sagemaker-huggingface-inference-toolkit==2.6.0"
-INFERENCE_LIBRARY = "sagemaker-inference==1.10.1"
+IMAGES = {image.transformers: image for image in (TRANSFORMERS_4, TRANSFORMERS_5)}
+TARGET = TRANSFORMERS_4  # deploy's default: the one whose every Python piece the container check runs
+INFERENCE_LIBRARY = "sagemaker-inference==1.10.1"  # the images install the latest; this is it
 
 # The deep-learning-container registries (account per region), from the SDK's table.
 REGISTRIES = {
@@ -119,7 +142,7 @@ MIN_PYTHON = (3, 11)
 
 TAG = re.compile(
     r"(?P<torch>\d+\.\d+\.\d+)-transformers(?P<transformers>\d+\.\d+\.\d+)-(?P<device>cpu|gpu)"
-    r"-py(?P<py>\d)(?P<pyminor>\d+)(?:-(?P<cuda>cu\d+))?-(?P<os>[a-z]+[\d.]+)"
+    r"-py(?P<py>\d)(?P<pyminor>\d+)(?:-(?P<cuda>cu\d+))?-(?P<os>[a-z]+[\d.]+)(?:-v[\d.]+)?"
 )
 URI = re.compile(
     r"(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.(?P<domain>[a-z0-9.]+)/(?P<repo>[^:@]+)"
@@ -150,11 +173,17 @@ def has_gpu(instance_type: str) -> bool:
     return family[:1] in ("g", "p")
 
 
+def is_graviton(instance_type: str) -> bool:
+    """ml.c7g, ml.m6gd, ml.r7g, ...: Arm CPUs (a 'g' after the generation), where x86 images do not run."""
+    family = instance_type.removeprefix("ml.").split(".")[0]
+    return not has_gpu(instance_type) and re.fullmatch(r"[a-z]+\d+g[a-z]*", family) is not None
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split(".")[:2])
 
 
-def check_image(image_uri: str, instance_type: str) -> str:
+def check_image(image_uri: str, instance_type: str, region: str | None = None) -> str:
     """Refuse, naming what does not fit, an image the archive cannot run on; returns what it is.
 
     A Hugging Face inference image must have Python and torch new enough for the archive's pinned
@@ -169,6 +198,12 @@ def check_image(image_uri: str, instance_type: str) -> str:
             field="image_uri",
         )
     repo, tag = match["repo"], match["tag"] or ""
+    if region and match["region"] != region:
+        raise InvalidParameterError(
+            f"image_uri: the image is in {match['region']} but the endpoint is in {region}; SageMaker pulls "
+            "an endpoint's image from its own region",
+            field="image_uri",
+        )
     if match["account"] not in DLC_ACCOUNTS:
         return "own image (restyle's Dockerfile: restyle serve on /opt/ml/model)"
     if repo != HF_INFERENCE_REPOSITORY:
@@ -195,6 +230,12 @@ def check_image(image_uri: str, instance_type: str) -> str:
         raise InvalidParameterError(
             f"image_uri: {tag} has torch {parts['torch']}; the archive's transformers and diffusers need "
             f"torch>={MIN_TORCH[0]}.{MIN_TORCH[1]} (default: {TARGET.tag()})",
+            field="image_uri",
+        )
+    if is_graviton(instance_type):
+        raise InvalidParameterError(
+            f"image_uri: {instance_type} has Arm (Graviton) CPUs; the Hugging Face inference image is x86 "
+            "only: pick an x86 instance (ml.c5, ml.m5, ...) or a GPU one",
             field="image_uri",
         )
     gpu = has_gpu(instance_type)

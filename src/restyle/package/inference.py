@@ -91,10 +91,12 @@ def predict_fn(data: dict[str, Any], model: Service, context: Any = None) -> dic
 
 
 def output_fn(prediction: dict[str, Any], accept: str = JSON, context: Any = None) -> str:
-    """JSON, as the original endpoint answers (the toolkit labels the answer with `accept`, so any other
-    accept value is refused rather than answered with a wrong Content-Type)."""
-    wanted = (accept or JSON).split(";")[0].strip().lower()
-    if wanted not in (JSON, "*/*", "application/*"):
+    """JSON, as the original endpoint answers. `accept` is the request's Accept header as the toolkit read
+    it (it also labels the answer with it): a list that admits JSON (`application/json`, `*/*`,
+    `application/*`, with or without parameters) is answered; anything else is refused rather than answered
+    under a wrong Content-Type."""
+    wanted = [part.split(";")[0].strip().lower() for part in (accept or JSON).split(",")]
+    if not any(kind in (JSON, "*/*", "application/*") for kind in wanted):
         raise InvalidParameterError(
             f"accept: {accept!r}: the answer is JSON (images inside as base64); send Accept: {JSON}, "
             'and "image_format": "png" in the payload for PNG images',

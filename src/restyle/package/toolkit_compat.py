@@ -42,13 +42,18 @@ def _is_tf_available() -> bool:
 
 
 class _AddIsTfAvailable(importlib.abc.Loader):
-    """Runs the real loader of transformers.file_utils, then adds `is_tf_available` when it is missing."""
+    """Runs the real loader of transformers.file_utils, then adds `is_tf_available` when it is missing.
+    Everything else (get_source, is_package, ...) is the real loader's."""
 
-    def __init__(self, real: importlib.abc.Loader) -> None:
+    def __init__(self, real: Any) -> None:
         self.real = real
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self.real.create_module(spec)
+        create = getattr(self.real, "create_module", None)
+        return create(spec) if create else None
 
     def exec_module(self, module: ModuleType) -> None:
         self.real.exec_module(module)
@@ -56,18 +61,28 @@ class _AddIsTfAvailable(importlib.abc.Loader):
             module.is_tf_available = _is_tf_available  # type: ignore[attr-defined]
             version = getattr(sys.modules.get("transformers"), "__version__", "?")
             print(NOTICE.format(version=version), file=sys.stderr, flush=True)
+        _remove_finder()  # the module is loaded: nothing more to do
+
+
+def _remove_finder() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, FileUtilsFinder)]
 
 
 class FileUtilsFinder(importlib.abc.MetaPathFinder):
-    """Finds transformers.file_utils through the other finders and wraps its loader (once)."""
+    """Finds transformers.file_utils through the other finders and wraps its loader, until it is loaded
+    (a `find_spec` that does not load it, e.g. importlib.util.find_spec, leaves the finder in place)."""
+
+    _busy = False
 
     def find_spec(self, fullname: str, path: Any = None, target: ModuleType | None = None) -> Any:
-        if fullname != MODULE:
+        if fullname != MODULE or FileUtilsFinder._busy:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)  # one module, once: the real finders do the rest
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
+        FileUtilsFinder._busy = True  # the real finders below must not come back here
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            FileUtilsFinder._busy = False
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
             spec.loader = _AddIsTfAvailable(spec.loader)
         return spec
 
@@ -87,7 +102,9 @@ def _run_next_sitecustomize() -> None:
         if spec is None or spec.loader is None:
             return
         print(f"restyle (code/sitecustomize.py): also running {candidate}", file=sys.stderr, flush=True)
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
         return
 
 
