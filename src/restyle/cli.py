@@ -464,6 +464,12 @@ def main() -> None:
     except RestyleError as err:
         _err(f"Error: {err}")
         sys.exit(2)
+    except BrokenPipeError:  # `restyle ... | head`: the reader left; nothing to say
+        sys.exit(1)
+    except OSError as err:  # a path the system refuses (-o /dev/null/out, a read-only folder, a full disk)
+        where = f"{err.filename}: " if err.filename else ""
+        _err(f"Error: {where}{err.strerror or err}")
+        sys.exit(2)
     except KeyboardInterrupt:
         _err("Cancelled.")
         sys.exit(130)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,46 @@ def _check_loras(pairs: tuple[tuple[str, str], ...]) -> None:
     for name, path in pairs:
         if not Path(path).expanduser().exists():
             raise InvalidParameterError(f"--lora {name}={path}: no such file or folder", field="lora")
+
+
+def _check_serve_flags(**flags: Any) -> None:
+    """Every serve flag in range before anything starts: one line naming the flag and its limit."""
+    from restyle.images import MAX_PIXELS, MIN_SIDE
+
+    ranges = {  # flag: (lowest, highest); --port is bind()'s
+        "queue_size": (1, 10_000),
+        "max_batch": (1, 64),
+        "max_body_mb": (0.001, 1024.0),
+        "max_pixels": (MIN_SIDE * MIN_SIDE, MAX_PIXELS),
+        "max_response_mb": (0.001, 1024.0),
+        "timeout": (1.0, 86_400.0),
+    }
+    for name, (low, high) in ranges.items():
+        value = flags[name]
+        if value is None and name == "max_response_mb":
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise InvalidParameterError(f"{flag}: {value} is not a finite number", field=name)
+        if value < low:
+            raise InvalidParameterError(f"{flag}: {value} is below {low:g}", field=name)
+        if value > high:
+            raise InvalidParameterError(f"{flag}: {value} is above {high:g}", field=name)
+    key = flags["api_key"]
+    if key is not None and not (key.isascii() and key.isprintable() and key.strip() == key and key):
+        raise InvalidParameterError(
+            "--api-key / RESTYLE_API_KEY: use printable ASCII without surrounding spaces (an HTTP header "
+            "carries no other key)",
+            field="api_key",
+        )
+
+
+def _served_names(host: str, extra: list[str] | None) -> tuple[str, ...]:
+    """Host names a key-less server answers besides loopback: the bound address itself, and --allow-host."""
+    names = [name.strip() for name in extra or [] if name.strip()]
+    if host not in ("", "0.0.0.0", "::") and host not in LOOPBACK:
+        names.append(host)
+    return tuple(names)
 
 
 @app.command()
@@ -78,8 +119,18 @@ def serve(
     ] = None,
     gateway: Annotated[
         bool,
-        typer.Option("--gateway", help="A gateway in front authenticates (SageMaker): no API-key warning."),
+        typer.Option(
+            "--gateway",
+            help="A gateway in front authenticates (SageMaker): no API-key warning, any Host header.",
+        ),
     ] = False,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            help="Without an API key, also answer this Host name (repeat); loopback names always are.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (SageMaker /ping + /invocations, and /v1). Docs at /docs."""
     import uvicorn
@@ -87,13 +138,15 @@ def serve(
     from restyle.serve.app import ServerSettings, create_app
 
     _quiet()
-    for name, value, low in (
-        ("queue-size", queue_size, 1),
-        ("max-batch", max_batch, 1),
-        ("max-body-mb", max_body_mb, 0.001),
-    ):
-        if value < low:
-            raise InvalidParameterError(f"--{name}: {value} is below {low}", field=name)
+    _check_serve_flags(
+        queue_size=queue_size,
+        max_batch=max_batch,
+        max_body_mb=max_body_mb,
+        max_pixels=max_pixels,
+        max_response_mb=max_response_mb,
+        timeout=timeout,
+        api_key=api_key,
+    )
     if host not in LOOPBACK and not api_key and not gateway:
         typer.secho(
             f"WARNING: listening on {host} without an API key: anyone who reaches this port can use it. "
@@ -103,6 +156,9 @@ def serve(
         )
     loras = _loras(lora)
     _check_loras(loras)
+    from restyle.serve.jobs import JobStore
+
+    JobStore(output).probe()  # a full or read-only output folder fails now, not at the first request
     sockets = bind(host, port)  # before any model loads: a taken port fails now, in one line
     flags = dict(segmenter=segmenter, inpainter=inpainter, device=device)
     factory, packaged = _service_factory(flags, model_dir)
@@ -117,6 +173,7 @@ def serve(
         loras=loras + packaged,
         warmup=warmup,
         max_response_bytes=int(max_response_mb * 1e6) if max_response_mb else None,
+        allowed_hosts=("*",) if gateway else _served_names(host, allow_host),
     )
     _log_like_uvicorn()
     fastapi_app = create_app(settings, factory)
@@ -291,13 +348,21 @@ def package(
     style: Annotated[
         list[str] | None, typer.Option("--style", help="A LoRA style NAME=PATH to include (repeat).")
     ] = None,
-    run: Annotated[bool, typer.Option(help="verify: also extract it and drive its handler.")] = True,
+    run: Annotated[
+        bool,
+        typer.Option(
+            "--run",
+            help="verify: also extract it and drive its handler here. This EXECUTES the archive's "
+            "code/inference.py and code/restyle on this machine: only for archives you trust.",
+        ),
+    ] = False,
     container: Annotated[
         bool,
         typer.Option(
             "--container",
             help="verify: run it as the Hugging Face inference image does, in a fresh venv (minutes; "
-            "needs PyPI): install code/requirements.txt, import the real toolkit, send the original payload.",
+            "needs PyPI): install code/requirements.txt, import the real toolkit, send the original payload. "
+            "This EXECUTES the archive's code (in that venv, as you): only for archives you trust.",
         ),
     ] = False,
     image: Annotated[
@@ -336,8 +401,9 @@ def package(
     """Pack a model as SageMaker's model.tar.gz (files at the root, code/ included), or `verify` one.
 
     restyle package ./my-model -o model.tar.gz --segmenter ./clipseg
-    restyle package verify model.tar.gz
-    restyle package verify model.tar.gz --container
+    restyle package verify model.tar.gz              (layout and safety; runs nothing from it)
+    restyle package verify model.tar.gz --run        (and drives its handler here: executes its code)
+    restyle package verify model.tar.gz --container  (as the serving image runs it: executes its code)
     """
     from restyle.package import build_archive
     from restyle.package.archive import ArchiveError

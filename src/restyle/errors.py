@@ -31,6 +31,12 @@ class InvalidImageError(RestyleError):
     status_code = 400
 
 
+class UnusableMaskError(InvalidImageError):
+    """A readable mask that cannot be used with its photo: another size, or empty (nothing to repaint)."""
+
+    status_code = 422
+
+
 class NoGarmentFoundError(RestyleError):
     """The segmenter found nothing for the garment prompt(s)."""
 

@@ -13,10 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from restyle.errors import InvalidImageError
+from restyle.errors import InvalidImageError, UnusableMaskError
 
 MAX_PIXELS = 40_000_000  # ~40 MP: larger photos are a decompression-bomb risk, not a styling input
 MIN_SIDE = 8  # below this there is nothing to segment or repaint
+MAX_SIDE = 16_384  # a side beyond this is no photo of a person, and every derived image scales with it
+MAX_ASPECT = 8.0  # long side / short side: a 1:8 strip already leaves the model almost nothing to paint
+# The formats restyle reads. Pillow is never asked to try another plugin: some (EPS) hand the file to an
+# external program (Ghostscript), others are fuzzing targets nobody styles photos in.
+FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP", "GIF")  # JPEG includes MPO (phone photos)
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -26,11 +31,11 @@ def _open(source: ImageSource, field: str, max_pixels: int = MAX_PIXELS) -> Imag
         return source
     try:
         if isinstance(source, bytes):
-            return Image.open(io.BytesIO(source))
+            return Image.open(io.BytesIO(source), formats=FORMATS)
         path = Path(source)
         if not path.is_file():
             raise InvalidImageError(f"{field}: no such file: {path}", field=field)
-        return Image.open(path)
+        return Image.open(path, formats=FORMATS)
     except UnidentifiedImageError as err:
         raise InvalidImageError(
             f"{field}: not a readable image (expected PNG, JPEG, WebP, TIFF, BMP or GIF)", field=field
@@ -41,7 +46,7 @@ def _open(source: ImageSource, field: str, max_pixels: int = MAX_PIXELS) -> Imag
         raise InvalidImageError(
             f"{field}: image declares {size}; the limit is {max_pixels:,}", field=field
         ) from err
-    except OSError as err:
+    except (OSError, ValueError, SyntaxError) as err:  # e.g. a text chunk that inflates past PIL's limit
         raise InvalidImageError(f"{field}: cannot read image: {err}", field=field) from err
 
 
@@ -54,6 +59,16 @@ def _check_size(img: Image.Image, field: str, max_pixels: int) -> None:
     if w * h > max_pixels:
         raise InvalidImageError(
             f"{field}: image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}", field=field
+        )
+    if max(w, h) > MAX_SIDE:
+        raise InvalidImageError(
+            f"{field}: image is {w}x{h} pixels; the longest side may be {MAX_SIDE:,}", field=field
+        )
+    if max(w, h) / min(w, h) > MAX_ASPECT:
+        raise InvalidImageError(
+            f"{field}: image is {w}x{h} pixels, {max(w, h) / min(w, h):.0f}:1; the limit is "
+            f"{MAX_ASPECT:.0f}:1 (long side to short side)",
+            field=field,
         )
 
 
@@ -125,12 +140,14 @@ def load_mask(
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImageError(f"{field}: image data is corrupt or truncated ({err})", field=field) from err
     img = ImageOps.exif_transpose(img) or img
+    if "transparency" in img.info and img.mode in {"P", "L", "RGB"}:
+        img = img.convert("RGBA")  # palette/colour-key transparency is an alpha mask too
     if img.mode in {"RGBA", "LA", "PA"} and np.asarray(img.getchannel("A")).min() < 255:
         mask = img.getchannel("A")
     else:
         mask = normalize_image(img).convert("L")
     if mask.size != tuple(size):
-        raise InvalidImageError(
+        raise UnusableMaskError(
             f"{field}: mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}; "
             "they must be the same size",
             field=field,

@@ -42,14 +42,20 @@ def save_png(img: Image.Image, path: Path, meta: dict[str, Any] | None = None) -
     return path
 
 
+GRID_PANEL_ASPECT = 4  # a panel is at most 4 heights wide: a strip-shaped image is shrunk, not stretched
+
+
 def grid(images: list[Image.Image], height: int = 384, gap: int = 8) -> Image.Image:
-    """Side-by-side comparison: images scaled to one height, in order (the original first)."""
-    scaled = [
-        im.convert("RGB").resize(
-            (max(1, round(im.width * height / im.height)), height), Image.Resampling.LANCZOS
-        )
-        for im in images
-    ]
+    """Side-by-side comparison: images scaled to one height, in order (the original first).
+
+    Each panel fits in `height` x 4 `height`, so the grid costs at most that per image whatever the
+    images' shapes."""
+
+    def fit(im: Image.Image) -> tuple[int, int]:
+        scale = min(height / im.height, GRID_PANEL_ASPECT * height / im.width)
+        return max(1, round(im.width * scale)), max(1, round(im.height * scale))
+
+    scaled = [im.convert("RGB").resize(fit(im), Image.Resampling.LANCZOS) for im in images]
     width = sum(s.width for s in scaled) + gap * (len(scaled) - 1)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     x = 0

@@ -24,7 +24,9 @@ def model_dir(tiny_models, tmp_path_factory) -> Path:
     (root / "logs").mkdir()
     (root / "logs" / "events.out").write_text("loss")
     # a Hugging Face cache snapshot holds symlinks to blobs: the archive must hold the real bytes
-    blob = root.parent / "blob-config.json"
+    blobs = root.parent / "models--org--name" / "blobs"
+    blobs.mkdir(parents=True)
+    blob = blobs / "5f1e0c"
     shutil.move(root / "scheduler" / "scheduler_config.json", blob)
     (root / "scheduler" / "scheduler_config.json").symlink_to(blob)
     return root

@@ -82,7 +82,7 @@ def test_the_server_refuses_an_invocation_answer_over_its_limit(tiny_models, tmp
     mask.paste(255, (20, 40, 70, 120))
     payload = {"inputs": "x", "input_img": encode_image(photo), "mask_img": encode_image(mask)}
     payload.update(num_inference_steps=1, num_images_per_prompt=1, image_length=144)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         deadline = time.monotonic() + 600  # loading happens in a thread; a safety net, not a budget
         while client.get("/ping").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -60,7 +60,7 @@ def make_client(tiny_engine: Any, tmp_path: Path) -> Iterator[Callable[..., Any]
         app = create_app(
             settings, lambda s: Service(tiny_engine, max_pixels=s.max_pixels, output_dir=s.output_dir)
         )
-        client = TestClient(app, raise_server_exceptions=False)
+        client = TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
         client.__enter__()
         opened.append(client)
         wait_ready(client)
@@ -147,7 +147,7 @@ def make_gated(tiny_engine: Any, tmp_path: Path) -> Iterator[Callable[..., Serve
             output_dir=settings.output_dir,
         )
         app = create_app(settings, lambda s: service)
-        client = TestClient(app, raise_server_exceptions=False)
+        client = TestClient(app, base_url="http://localhost", raise_server_exceptions=False)
         client.__enter__()
         server = Server(client, gate, service, app)
         opened.append(server)

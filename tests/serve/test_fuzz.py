@@ -170,7 +170,12 @@ def start_target(tiny_engine: Any, out: Path, service: type[Any] | None = None) 
 
     cls = service or Service
     settings_ = ServerSettings(
-        output_dir=out, warmup=False, queue_size=10_000, timeout_s=300.0, shutdown_grace_s=30.0
+        output_dir=out,
+        warmup=False,
+        queue_size=10_000,
+        timeout_s=300.0,
+        shutdown_grace_s=30.0,
+        allowed_hosts=("testserver",),  # the name schemathesis' ASGI client sends
     )
     app = create_app(settings_, lambda s: cls(tiny_engine, max_pixels=s.max_pixels, output_dir=s.output_dir))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan (kept until teardown)

@@ -385,7 +385,7 @@ def test_ping_is_503_while_loading_then_200(tiny_engine, tmp_path, photo, box_ma
         return Service(tiny_engine, max_pixels=settings.max_pixels, output_dir=settings.output_dir)
 
     app = create_app(ServerSettings(output_dir=tmp_path / "out", warmup=False), factory)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
         try:
             r = c.get("/ping")
             assert r.status_code == 503
@@ -410,7 +410,7 @@ def test_ping_reports_a_failed_load(tmp_path, photo, box_mask):
         raise RuntimeError("no weights in /models")
 
     app = create_app(ServerSettings(output_dir=tmp_path / "out", warmup=False), factory)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
         body = wait_for(lambda: c.get("/ping").json()["status"] == "failed" and c.get("/ping").json())
         r = c.get("/ping")
         assert r.status_code == 503

@@ -22,7 +22,7 @@ ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"
 def docs_client(tmp_path: Any) -> Iterator[TestClient]:
     """The app without its lifespan: the docs need no models, so none are loaded."""
     app = create_app(ServerSettings(output_dir=tmp_path / "out", api_key="s3cret"))
-    yield TestClient(app)
+    yield TestClient(app, base_url="http://localhost")
 
 
 def _asset_urls(html: str) -> list[str]:

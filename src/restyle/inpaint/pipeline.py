@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image
 
 from restyle.errors import (
-    InvalidImageError,
     InvalidParameterError,
     ModelLoadError,
     ModelNotFoundError,
     RestyleError,
+    UnusableMaskError,
 )
 from restyle.inpaint.crop import Box, composite, crop_box, pad_to_bucket, prepare_crop
 from restyle.inpaint.params import MAX_SEED, SCHEDULERS, StyleParams
@@ -288,14 +288,14 @@ class Inpainter:
         # 1. Check inputs
         params.check()
         if mask.size != image.size:
-            raise InvalidImageError(
+            raise UnusableMaskError(
                 f"mask: mask is {mask.size[0]}x{mask.size[1]} but the image is "
                 f"{image.size[0]}x{image.size[1]}",
                 field="mask",
             )
         mask = mask.convert("L")
         if mask.getbbox() is None:
-            raise InvalidImageError(
+            raise UnusableMaskError(
                 "mask: the mask is empty (all black); there is nothing to repaint", field="mask"
             )
         if not 0.0 <= style_scale <= 2.0:

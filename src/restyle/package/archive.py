@@ -16,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import stat
 import tarfile
 from collections.abc import Iterator
 from importlib import metadata
@@ -45,7 +47,7 @@ IMAGE_DEPS = ("numpy", "pillow", "scipy")
 # torch is the image's (its CUDA build); nothing pinned above may need a newer one (see images.py).
 # training leftovers (logs, validation images, mask cache) and folders the archive fills itself
 SKIP_DIRS = {"logs", "validation", "masks", ".git", "__pycache__", ".cache", "code", "segmenter", "styles"}
-SKIP_FILES = {"optimizer.bin", "scheduler.bin", "random_states_0.pkl", "model.tar.gz"}
+SKIP_FILES = {"optimizer.bin", "scheduler.bin", "random_states_0.pkl", "model.tar.gz", ".restyle-train.lock"}
 
 
 class ArchiveError(InvalidParameterError):
@@ -78,10 +80,43 @@ def check_model_dir(model_dir: Path) -> None:
         )
 
 
+def _is_cache_blob(target: Path) -> bool:
+    """A Hugging Face cache blob (models--ORG--NAME/blobs/HASH): where a cache snapshot's links point."""
+    return target.parent.name == "blobs" and target.parent.parent.name.startswith("models--")
+
+
+def _checked_file(path: Path, root: Path, arcname: str) -> None:
+    """Refuse what must not be packed: links out of the folder (except into a Hugging Face cache's blobs),
+    broken links, and anything that is not a regular file (a FIFO would block the packer forever)."""
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError) as err:  # broken, or a loop
+            raise ArchiveError(f"{arcname}: a link that leads nowhere ({err}); remove it") from err
+        if not (target.is_relative_to(root.resolve()) or _is_cache_blob(target)):
+            raise ArchiveError(
+                f"{arcname}: links to {target}, outside the model folder (only links into a Hugging Face "
+                "cache's blobs are followed); copy the file in or remove the link"
+            )
+    else:
+        target = path
+    mode = target.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise ArchiveError(f"{arcname}: not a regular file (a FIFO, socket or device); remove it")
+
+
 def _walk(root: Path, prefix: str = "") -> Iterator[tuple[Path, str]]:
-    """(file, archive name) pairs under `root`, sorted, without checkpoints, logs and training state."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    """(file, archive name) pairs under `root`, sorted, without checkpoints, logs and training state.
+
+    Folder links are not followed (a link loop would never end); file links are, when they stay in the
+    folder or point into a Hugging Face cache."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         rel = Path(dirpath).relative_to(root)
+        for d in dirnames:
+            if (Path(dirpath) / d).is_symlink() and not d.startswith("."):
+                raise ArchiveError(
+                    f"{PurePosixPath(prefix, *rel.parts, d)}/: a folder link; pack a real folder instead"
+                )
         dirnames[:] = sorted(
             d
             for d in dirnames
@@ -92,7 +127,9 @@ def _walk(root: Path, prefix: str = "") -> Iterator[tuple[Path, str]]:
         for name in sorted(filenames):
             if name.startswith(".") or name in SKIP_FILES or name.endswith((".pyc", ".tmp")):
                 continue
-            yield Path(dirpath) / name, str(PurePosixPath(prefix, *rel.parts, name))
+            arcname = str(PurePosixPath(prefix, *rel.parts, name))
+            _checked_file(Path(dirpath) / name, root, arcname)
+            yield Path(dirpath) / name, arcname
 
 
 def _add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
@@ -192,9 +229,18 @@ def build_archive(
 
 
 def check_members(tar: tarfile.TarFile) -> list[str]:
-    """Refuse unsafe entries (absolute paths, `..`, links, devices); returns the file names."""
+    """Refuse unsafe entries (absolute paths, `..`, links, devices, a name given twice); returns the file
+    names."""
     names = []
+    seen: set[str] = set()
     for m in tar.getmembers():
+        key = str(PurePosixPath(m.name))
+        if key in seen:
+            raise ArchiveError(
+                f"archive: {m.name!r} appears twice (a later copy would replace the first when extracted); "
+                "refused"
+            )
+        seen.add(key)
         path = PurePosixPath(m.name)
         if m.name.startswith(("/", "\\")) or path.is_absolute() or (len(m.name) > 1 and m.name[1] == ":"):
             raise ArchiveError(f"archive: absolute path {m.name!r} refused")
@@ -242,6 +288,13 @@ def safe_extract(archive: str | Path, dest: str | Path) -> list[str]:
     try:
         with tarfile.open(archive, "r:*") as tar:
             names = check_members(tar)
+            need = sum(m.size for m in tar.getmembers() if m.isfile())
+            free = shutil.disk_usage(dest).free
+            if need > free:
+                raise ArchiveError(
+                    f"archive: its files take {need / 1e9:.1f} GB extracted, {dest} has {free / 1e9:.1f} GB "
+                    "free; nothing was extracted"
+                )
             tar.extractall(dest, filter="data")
     except (tarfile.TarError, EOFError, OSError) as err:
         raise ArchiveError(f"archive: {archive} is not a readable tar.gz ({err})") from err

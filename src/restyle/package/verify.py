@@ -63,9 +63,10 @@ def drive(root: str | Path, steps: int = 2, timeout: float = 900.0) -> dict[str,
 
 
 def verify_archive(
-    archive: str | Path, *, run: bool = True, steps: int = 2, container: ContainerCheck | None = None
+    archive: str | Path, *, run: bool = False, steps: int = 2, container: ContainerCheck | None = None
 ) -> dict[str, Any]:
-    """Check layout and safety; with `run`, extract to a fresh folder and drive the handler here.
+    """Check layout and safety; with `run`, extract to a fresh folder and drive the handler here: that
+    executes the archive's code/inference.py and code/restyle on this machine, so it is never the default.
 
     With `container`, instead install and call it as the serving image does, in a fresh virtual
     environment (package/container_check.py): minutes, and downloads from PyPI.

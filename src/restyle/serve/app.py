@@ -24,7 +24,7 @@ from restyle.inpaint.params import MAX_IMAGES
 from restyle.serve import routes
 from restyle.serve.handler import SERVER_MAX_PIXELS, Service, as_error, describe_errors
 from restyle.serve.jobs import JobStore, QueueFullError, Worker
-from restyle.serve.security import BodyLimit, require_key
+from restyle.serve.security import BodyLimit, RequestGuard, require_key
 
 log = logging.getLogger("restyle.serve")
 
@@ -47,6 +47,8 @@ class ServerSettings:
     warmup: bool = True  # one small run before /ping turns healthy
     max_response_bytes: int | None = None  # /invocations answers above this are refused (SageMaker: 6 MB)
     shutdown_grace_s: float = 30.0  # how long shutdown waits for the running job
+    # Host names answered without an API key, besides loopback ones; ("*",): any (a gateway decides)
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -74,6 +76,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(store.recover)  # jobs a killed run had accepted: failed, interrupted
         worker.start()
         loader = threading.Thread(target=_load, args=(state, factory), name="restyle-loader", daemon=True)
         loader.start()
@@ -91,6 +94,8 @@ def create_app(
     )
     app.state.restyle = state
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # outermost: the Host, Content-Type and HEAD rules run before anything reads the request
+    app.add_middleware(RequestGuard, allowed_hosts=None if settings.api_key else settings.allowed_hosts)
     _add_error_handlers(app)
 
     @app.middleware("http")

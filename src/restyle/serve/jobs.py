@@ -434,15 +434,50 @@ class Worker:
         self._thread.join(timeout=5)
 
 
+class JobRecordError(RestyleError):
+    """A job record on disk that cannot be read (not JSON, not UTF-8, not a job record)."""
+
+    status_code = 404
+
+
+class StorageError(RestyleError):
+    """The output folder cannot take a write (full disk, read-only, gone)."""
+
+    status_code = 507
+
+
+def storage_error(path: Path, err: OSError) -> StorageError:
+    """A one-line StorageError for an OSError on the output folder."""
+    import errno as errnos
+
+    reason = {
+        errnos.ENOSPC: "no space left on the device",
+        errnos.EDQUOT: "the disk quota is exhausted",
+        errnos.EROFS: "the file system is read-only",
+        errnos.EACCES: "permission denied",
+    }.get(err.errno or 0, err.strerror or type(err).__name__)
+    return StorageError(f"output folder {path}: {reason}; nothing was saved", field="output")
+
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
 class JobStore:
-    """Job records in memory (bounded) and on disk (`<output>/<id>/job.json`), so results outlive restarts."""
+    """Job records in memory (bounded) and on disk (`<output>/<id>/job.json`), so results outlive restarts.
+
+    A job's record is written when it is accepted (queued) and again when it ends, so a job accepted by a
+    server that is then killed is still known after a restart: `recover()` marks it failed (interrupted).
+    """
 
     def __init__(self, root: Path | None, keep: int = 1000) -> None:
         self.root = root
         self.keep = keep
         self._jobs: dict[str, Job] = {}
+        self.storage_error: str | None = None  # the last failed write, until a write succeeds
 
     def add(self, job: Job) -> None:
+        """Keep the job and write its first record; a failed write raises StorageError (507)."""
+        self._write(job.id, {**job.status(), "position": None})
         self._jobs[job.id] = job
         while len(self._jobs) > self.keep:
             oldest = next(iter(self._jobs))
@@ -457,13 +492,101 @@ class JobStore:
         if self.root is None or not (job_id.isalnum() and job_id.isascii() and len(job_id) <= 64):
             return None
         path = self.root / job_id / "job.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        return _read_record(path, job_id)
 
     def record(self, job: Job, status: dict[str, Any]) -> None:
         """Write the job's final status atomically beside its files."""
+        try:
+            self._write(job.id, status)
+        except StorageError:
+            log.error("job %s ended %s but its record could not be written", job.id, status.get("state"))
+            raise
+
+    def _write(self, job_id: str, status: dict[str, Any]) -> None:
         if self.root is None:
             return
-        folder = self.root / job.id
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.root / job_id
         text = json.dumps(status, indent=2, default=str)
-        atomic_write(folder / "job.json", lambda tmp: Path(tmp).write_text(text))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(folder / "job.json", lambda tmp: Path(tmp).write_text(text))
+        except OSError as err:
+            failure = storage_error(self.root, err)
+            self.storage_error = failure.message
+            raise failure from err
+        self.storage_error = None
+
+    def probe(self) -> None:
+        """Write and remove a small file in the output folder: StorageError (and storage_error set) when
+        that fails, cleared when it works again."""
+        if self.root is None:
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".restyle-probe"
+            atomic_write(probe, lambda tmp: Path(tmp).write_text("ok"))
+            probe.unlink()
+        except OSError as err:
+            failure = storage_error(self.root, err)
+            self.storage_error = failure.message
+            raise failure from err
+        self.storage_error = None
+
+    def recover(self) -> list[str]:
+        """At start-up: records a previous run left queued or running are marked failed (interrupted)."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        marked = []
+        for path in sorted(self.root.glob("*/job.json")):
+            try:
+                record = _read_record(path, path.parent.name)
+            except JobRecordError:
+                continue
+            if record.get("state") in FINAL_STATES:
+                continue
+            record.update(
+                state="failed",
+                position=None,
+                finished=time.time(),
+                error=_error(
+                    "interrupted", "the server stopped before this job ended; send the request again", 503
+                ),
+            )
+            try:
+                self._write(path.parent.name, record)
+            except StorageError:
+                log.error("could not mark job %s as interrupted", path.parent.name)
+                continue
+            marked.append(path.parent.name)
+        if marked:
+            log.warning("%d job(s) of a previous run were interrupted: %s", len(marked), ", ".join(marked))
+        return marked
+
+
+RECORD_KEYS: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "state": str,
+    "step": int,
+    "total": int,
+    "created": (int, float),
+}
+
+
+def _read_record(path: Path, job_id: str) -> dict[str, Any]:
+    """A job record from disk, or JobRecordError naming what is wrong with it."""
+    where = f"job {job_id!r}: its record on disk"
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise JobRecordError(f"{where} is unreadable ({err})", field="job_id") from err
+    except OSError as err:
+        raise JobRecordError(f"{where} cannot be read ({err.strerror})", field="job_id") from err
+    if not isinstance(record, dict):
+        raise JobRecordError(f"{where} is not a job record (not an object)", field="job_id")
+    bad = [k for k, kind in RECORD_KEYS.items() if not isinstance(record.get(k), kind)]
+    if bad or record.get("state") not in (*FINAL_STATES, "queued", "running"):
+        missing = ", ".join(bad) or "state"
+        raise JobRecordError(f"{where} is not a job record (bad or missing: {missing})", field="job_id")
+    return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -75,8 +76,12 @@ def job_for(state: Any, kind: str, run: Any, job_id: str | None = None) -> Job:
                 f"{JOB_ID_HEADER}: job {job_id!r} exists already", field=JOB_ID_HEADER
             )
         job.id = job_id
-    state.worker.submit(job)
-    state.store.add(job)
+    state.worker.submit(job)  # a full queue refuses it before anything is written
+    try:
+        state.store.add(job)  # its record, so a crash after this cannot lose an accepted job
+    except RestyleError:
+        state.worker.cancel(job)
+        raise
     return job
 
 
@@ -110,6 +115,12 @@ class _Failed(RestyleError):
 @health.get("/ping", summary="Health: 200 once models are loaded and warmed up, 503 before")
 async def ping(request: Request) -> JSONResponse:
     state = _state(request)
+    if state.store.storage_error:
+        try:
+            await asyncio.to_thread(state.store.probe)  # cleared once the folder takes a write again
+        except RestyleError:
+            body = {"status": "failed", "phase": "storage", "error": state.store.storage_error}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "30"})
     if state.ready:
         return JSONResponse({"status": "ready", "preview": state.info.get("preview", False)})
     body = {
@@ -280,8 +291,18 @@ async def job_file(job_id: str, name: str, request: Request) -> FileResponse:
     safe_id = job_id.isalnum() and job_id.isascii() and len(job_id) <= 64
     if root is None or not safe_id or "/" in name or name.startswith(".") or len(name) > 200:
         raise HTTPException(404, "no such file")
-    path = root / job_id / name
-    if not path.is_file():
+    folder, path = root / job_id, root / job_id / name
+    # only regular files that are really inside the job's folder: no link out of it (out/x -> /etc)
+    try:
+        inside = (
+            not folder.is_symlink()
+            and not path.is_symlink()
+            and stat.S_ISREG(path.lstat().st_mode)
+            and path.resolve().is_relative_to(root.resolve())
+        )
+    except OSError:
+        inside = False
+    if not inside:
         raise HTTPException(404, f"job {job_id!r} has no file {name!r}")
     return FileResponse(path)
 

@@ -1,4 +1,4 @@
-"""Request guards: an optional API key and a request body size limit."""
+"""Request guards: an optional API key, a request body size limit, the Host and Content-Type checks."""
 
 from __future__ import annotations
 
@@ -86,3 +86,97 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+ANY_HOST = "*"
+
+
+def host_name(header: str) -> str:
+    """The name part of a Host header: `[::1]:8080` -> `::1`, `Example.COM.:80` -> `example.com`."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+def _reply(status: int, kind: str, field: str | None, message: str) -> tuple[dict, dict]:
+    body = json.dumps({"error": kind, "field": field, "message": message}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class RequestGuard:
+    """ASGI middleware for what every route shares.
+
+    - Host: without an API key, only loopback host names (and `allowed_hosts`) are answered, so a web page
+      on another name cannot reach the server through DNS rebinding. `allowed_hosts` containing "*"
+      turns the check off (a gateway in front decides).
+    - Content-Type: a request with a body must send JSON (415 names the header): a browser page can post
+      text/plain or a form anywhere without asking; it cannot post JSON to another origin without CORS.
+    - HEAD: answered like GET without a body (event streams excepted).
+    """
+
+    def __init__(self, app: Any, allowed_hosts: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.allowed = (
+            None
+            if allowed_hosts is None or ANY_HOST in allowed_hosts
+            else {host_name(h) for h in (*LOOPBACK_HOSTS, *allowed_hosts)}
+        )
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        if self.allowed is not None:
+            host = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed and not host.endswith(".localhost"):
+                shown = ", ".join(sorted(self.allowed))
+                for message in _reply(
+                    421,
+                    "host_not_allowed",
+                    "Host",
+                    f"Host: {host or '(none)'} is not served: without an API key this server answers only "
+                    f"{shown} (restyle serve --allow-host NAME, or set RESTYLE_API_KEY)",
+                ):
+                    await send(message)
+                return
+        method = scope["method"]
+        if method in ("POST", "PUT", "PATCH") and _has_body(headers):
+            kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind != b"application/json" and not kind.endswith(b"+json"):
+                shown = kind.decode("latin-1") or "(none)"
+                for message in _reply(
+                    415,
+                    "unsupported_media_type",
+                    "Content-Type",
+                    f"Content-Type: {shown}: send the body as JSON with Content-Type: application/json",
+                ):
+                    await send(message)
+                return
+        if method == "HEAD" and not scope["path"].endswith("/events"):
+            await self.app({**scope, "method": "GET"}, receive, _without_body(send))
+            return
+        await self.app(scope, receive, send)
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length")
+    return b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))
+
+
+def _without_body(send: Callable) -> Callable:
+    async def send_head(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
