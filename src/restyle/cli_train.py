@@ -1,7 +1,7 @@
 """`restyle train dreambooth|lora` and `restyle captions`: fine-tuning from the command line.
 
-Run directly, or under accelerate for several GPUs/processes:
-    accelerate launch --num_processes 2 -m restyle train lora --base ... --instance-dir ...
+Run directly, or under accelerate for several GPUs/processes (on CPU too: see docs/TRAINING.md):
+    accelerate launch --multi_gpu --num_processes 2 -m restyle train lora --base ... --instance-dir ...
 """
 
 from __future__ import annotations
@@ -29,18 +29,44 @@ def _seeds(text: str) -> tuple[int, ...]:
         ) from None
 
 
-@app.command(no_args_is_help=True)
+def _dashes(token: str) -> str:
+    """`--instance_dir` reads as `--instance-dir`: the reference script's spelling of every flag works."""
+    return token.replace("_", "-")
+
+
+# The reference script's flags that restyle does not take, and why: refused, never silently ignored
+REFUSED = {
+    "tokenizer_name": "restyle trains with the base model's own tokenizer (BASE/tokenizer), which the "
+    "output keeps",
+    "num_train_epochs": "restyle counts optimizer steps: give --max-train-steps (one pass over N photos "
+    "is N / --train-batch-size steps)",
+    "push_to_hub": "restyle does not upload; push OUTPUT yourself once the run has written it",
+    "hub_token": "restyle does not upload; push OUTPUT yourself once the run has written it",
+    "hub_model_id": "restyle does not upload; push OUTPUT yourself once the run has written it",
+    "local_rank": "launch with `accelerate launch` (or torchrun), which passes the rank in the environment",
+}
+
+
+@app.command(no_args_is_help=True, context_settings={"token_normalize_func": _dashes})
 def train(
+    ctx: typer.Context,
     mode: Annotated[str, typer.Argument(help="dreambooth (full model) or lora (adapters).")],
     base: Annotated[
         str | None,
         typer.Option(
+            "--base",
+            "--pretrained-model-name-or-path",
             help="Base inpainting model: hub id or diffusers folder [env RESTYLE_INPAINTER; default: "
-            f"{DEFAULT_INPAINTER}]."
+            f"{DEFAULT_INPAINTER}].",
         ),
     ] = None,
     instance_dir: Annotated[
-        Path, typer.Option(help="Photos of the garment class (+ metadata.jsonl, masks/).")
+        Path,
+        typer.Option(
+            "--instance-dir",
+            "--instance-data-dir",
+            help="Photos of the garment class (+ metadata.jsonl, masks/).",
+        ),
     ] = Path("instance"),
     instance_prompt: Annotated[
         str, typer.Option(help="Caption with a unique identifier, e.g. 'sks skirt'.")
@@ -48,11 +74,21 @@ def train(
     output_dir: Annotated[
         Path, typer.Option("--output-dir", "-o", help="Checkpoints, logs and the result.")
     ] = Path("trained"),
-    class_dir: Annotated[Path | None, typer.Option(help="Class images for prior preservation.")] = None,
+    class_dir: Annotated[
+        Path | None,
+        typer.Option("--class-dir", "--class-data-dir", help="Class images: turns prior preservation on."),
+    ] = None,
+    with_prior_preservation: Annotated[
+        bool,
+        typer.Option(
+            "--with-prior-preservation", help="Require prior preservation (--class-dir, --class-prompt)."
+        ),
+    ] = False,
     class_prompt: Annotated[str, typer.Option(help="The class without the identifier.")] = "",
     num_class_images: Annotated[int, typer.Option(help="Missing ones are generated from --base.")] = 200,
     class_steps: Annotated[int, typer.Option(help="Denoising steps per generated class image.")] = 25,
-    prior_loss_weight: Annotated[float, typer.Option(help="Weight of the prior loss (0: off).")] = 1.0,
+    sample_batch_size: Annotated[int, typer.Option(help="Class images generated per batch (1-8).")] = 1,
+    prior_loss_weight: Annotated[float, typer.Option(help="Weight of the prior loss (> 0).")] = 1.0,
     masks: Annotated[str, typer.Option(help="Mask sources and shares: random, segment, file.")] = "random",
     garment: Annotated[str, typer.Option(help="What 'segment' masks cover, e.g. 'the skirt'.")] = "",
     segmenter: Annotated[
@@ -62,17 +98,27 @@ def train(
         ),
     ] = None,
     mask_dir: Annotated[Path | None, typer.Option(help="User masks (default INSTANCE_DIR/masks).")] = None,
-    fit: Annotated[str, typer.Option(help="crop (square around the garment) or pad (whole photo).")] = "crop",
+    fit: Annotated[
+        str, typer.Option(help="crop (square around the garment), center (middle square) or pad.")
+    ] = "crop",
+    center_crop: Annotated[bool, typer.Option("--center-crop", help="The same as --fit center.")] = False,
     resolution: Annotated[int, typer.Option(help="Training side in pixels (512 or 768).")] = 512,
     train_batch_size: Annotated[int, typer.Option(help="Instance images per step and process.")] = 1,
     gradient_accumulation_steps: Annotated[int, typer.Option(help="Micro-batches per step.")] = 1,
     learning_rate: Annotated[
         float | None, typer.Option(help="Default 2e-6 (dreambooth), 1e-4 (lora).")
     ] = None,
+    scale_lr: Annotated[
+        bool, typer.Option("--scale-lr", help="Learning rate x batch x accumulation x processes.")
+    ] = False,
     lr_scheduler: Annotated[str, typer.Option(help="constant, linear, cosine, ...")] = "constant",
-    lr_warmup_steps: Annotated[int, typer.Option(help="Warm-up steps.")] = 0,
+    lr_warmup_steps: Annotated[int, typer.Option(help="Warm-up steps (not with constant).")] = 0,
     max_train_steps: Annotated[int, typer.Option(help="Optimizer steps in total.")] = 800,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping (0: off).")] = 1.0,
+    adam_beta1: Annotated[float, typer.Option(help="AdamW beta1.")] = 0.9,
+    adam_beta2: Annotated[float, typer.Option(help="AdamW beta2.")] = 0.999,
+    adam_weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-2,
+    adam_epsilon: Annotated[float, typer.Option(help="AdamW epsilon.")] = 1e-8,
     use_8bit_adam: Annotated[bool, typer.Option("--use-8bit-adam", help="bitsandbytes AdamW8bit.")] = False,
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing", help="Less memory.")
@@ -105,19 +151,43 @@ def train(
     ] = 25,
     validation_seeds: Annotated[str, typer.Option(help="Fixed seeds, comma-separated.")] = "0,1",
     report_to: Annotated[list[str] | None, typer.Option(help="Extra tracker: tensorboard, wandb.")] = None,
+    logging_dir: Annotated[Path, typer.Option(help="Loss log and trackers (relative: under OUTPUT).")] = Path(
+        "logs"
+    ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    # the reference script's flags restyle refuses (see REFUSED): accepted only to say why
+    tokenizer_name: Annotated[str | None, typer.Option(hidden=True)] = None,
+    num_train_epochs: Annotated[int | None, typer.Option(hidden=True)] = None,
+    push_to_hub: Annotated[bool, typer.Option("--push-to-hub", hidden=True)] = False,
+    hub_token: Annotated[str | None, typer.Option(hidden=True)] = None,
+    hub_model_id: Annotated[str | None, typer.Option(hidden=True)] = None,
+    local_rank: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Fine-tune the inpainting model on photos of one garment class (MODE: dreambooth or lora)."""
+    """Fine-tune the inpainting model on photos of one garment class (MODE: dreambooth or lora).
+
+    The reference script's flags (diffusers' train_dreambooth_inpaint.py) work too, spelt its way:
+    --pretrained_model_name_or_path, --instance_data_dir, --with_prior_preservation, ... (docs/TRAINING.md).
+    """
+    opts = {k: v for k, v in locals().items() if k != "ctx"}
+    opts["given"] = frozenset(name for name in opts if _typed(ctx, name))
     try:
-        _train(dict(locals()))
+        _train(opts)
     except RestyleError as err:
         raise _as_flag(err) from err
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option `name` on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"  # typer vendors click: compare by name
+
+
 def _as_flag(err: RestyleError) -> RestyleError:
     """Say `--instance-prompt:` where the config says `instance_prompt:` (the user typed flags)."""
+    import inspect
+
     field = err.field or ""
-    if field and err.message.startswith(f"{field}:"):
+    if field in inspect.signature(train).parameters and err.message.startswith(f"{field}:"):
         flag = "MODE" if field == "mode" else "--" + field.replace("_", "-")
         err.message = flag + err.message[len(field) :]
         err.args = (err.message,)
@@ -126,6 +196,28 @@ def _as_flag(err: RestyleError) -> RestyleError:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _reference_flags(opts: dict[str, Any]) -> dict[str, Any]:
+    """The reference script's flags restyle spells otherwise: refused ones, --center-crop, --with-prior-..."""
+    given = opts["given"]
+    for name, why in REFUSED.items():
+        if name in given:
+            raise InvalidParameterError(f"{name}: not supported: {why}", field=name)
+    if opts["with_prior_preservation"] and opts["class_dir"] is None:
+        raise InvalidParameterError(
+            "with_prior_preservation: needs --class-dir DIR (missing class images are generated there) and "
+            "--class-prompt",
+            field="with_prior_preservation",
+        )
+    if opts["center_crop"]:
+        if "fit" in given and opts["fit"] != "center":
+            raise InvalidParameterError(
+                f"center_crop: means --fit center, but --fit {opts['fit']} was given; drop one",
+                field="center_crop",
+            )
+        opts = {**opts, "fit": "center", "given": given | {"fit"}}
+    return opts
 
 
 def _config(opts: dict[str, Any]) -> Any:
@@ -144,7 +236,7 @@ def _config(opts: dict[str, Any]) -> Any:
         report_to=tuple(opts["report_to"] or ()),
     )
     config = TrainConfig(**kwargs)
-    config.check()
+    config.check(given=opts["given"] & names)
     return config
 
 
@@ -179,7 +271,7 @@ def _check_available(config: Any) -> None:
 def _train(opts: dict[str, Any]) -> None:
     from restyle.train import Trainer
 
-    config = _config(_models(opts))
+    config = _config(_models(_reference_flags(opts)))
     _check_available(config)
     _quiet()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -67,10 +67,11 @@ def train_config(tiny_models: dict[str, Path], instance_dir: Path, tmp_path: Pat
             checkpointing_steps=0,
             validation_steps=0,
             validation_inference_steps=2,
-            class_steps=2,
             masks=(("file", 1.0), ("random", 1.0)),
             mixed_precision="no",
         )
+        if overrides.get("class_dir") is not None:  # class settings without class images are refused
+            overrides = {"class_steps": 2, **overrides}
         return dataclasses.replace(base, **overrides)
 
     return make

@@ -169,7 +169,7 @@ def test_finish_checkpoint_seals_and_renames(tmp_path: Path) -> None:
     assert final == tmp_path / "checkpoint-30"
     assert names(tmp_path) == ["checkpoint-30"]
     assert (final / "model.safetensors").read_text() == "weights"
-    assert read_state(final) == state
+    assert read_state(final) == {**state, "files": {"model.safetensors": 7}}  # with its file sizes
     assert resolve_resume(tmp_path, "latest") == final
 
 

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from restyle.errors import InvalidParameterError
+from restyle.errors import InvalidParameterError, RestyleError
 from restyle.inpaint.pipeline import Inpainter
 from restyle.train.config import TrainConfig
 from restyle.train.data import Example, load_example_image, scan_class_images
@@ -41,6 +41,7 @@ def class_examples(c: TrainConfig, acc: Any, parts: Parts, progress_bar: bool) -
             size=c.resolution,
             steps=c.class_steps,
             seed=c.seed,
+            batch=c.sample_batch_size,
             progress=bar.update,
         )
         bar.close()
@@ -49,7 +50,7 @@ def class_examples(c: TrainConfig, acc: Any, parts: Parts, progress_bar: bool) -
     if not found:
         raise InvalidParameterError(
             f"class_dir: no class images in {c.class_dir}; set --num-class-images above 0 to generate them, "
-            "or --prior-loss-weight 0 to train without prior preservation",
+            "or drop --class-dir to train without prior preservation",
             field="class_dir",
         )
     if len(found) < c.num_class_images:
@@ -108,6 +109,30 @@ def cpu_only_multiprocess() -> bool:
     import torch
 
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+WORLD_SIZE_ENV = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")  # as accelerate
+
+
+def check_launch() -> None:
+    """Refuse a launch that asked for several processes and started one (before any work is done).
+
+    `accelerate launch --cpu --num_processes N` (and `--num_processes N` with no GPU and no
+    `--multi_gpu`) goes to accelerate's simple launcher: without `--mpirun_hostfile` it starts one
+    process, with MASTER_ADDR set and no world size, and that process would train alone.
+    """
+    import os
+
+    launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by every `accelerate launch`
+    world = max(int(os.environ.get(name) or 1) for name in WORLD_SIZE_ENV)
+    if launched and "MASTER_ADDR" in os.environ and world <= 1:
+        raise RestyleError(
+            "accelerate launch started 1 process where several were asked for (without --multi_gpu, "
+            "--cpu included, its simple launcher starts one unless mpirun runs it); on CPU run "
+            "`accelerate launch --multi_gpu --num_processes N -m restyle train ...` (restyle runs them on "
+            "CPU with gloo), "
+            "or drop --num_processes (or unset MASTER_ADDR) for one process"
+        )
 
 
 def save_trainable_only(models: list[Any], weights: list[dict], output_dir: str) -> None:

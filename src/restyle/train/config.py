@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from restyle.errors import InvalidParameterError
 
 MODES = ("dreambooth", "lora")
 MASK_SOURCES = ("random", "segment", "file")
-FITS = ("crop", "pad")
+FITS = ("crop", "center", "pad")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = (
     "constant",
@@ -23,6 +24,8 @@ LR_SCHEDULERS = (
     "polynomial",
 )
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 1024
+CLASS_FIELDS = ("class_prompt", "num_class_images", "prior_loss_weight", "class_steps", "sample_batch_size")
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "text_lora_targets")
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers trains
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP text attention
 
@@ -42,12 +45,13 @@ class TrainConfig:
     num_class_images: int = 200  # as the reference run
     prior_loss_weight: float = 1.0  # weight of the class (prior) loss; 0 turns prior preservation off
     class_steps: int = 25  # denoising steps for generated class images
+    sample_batch_size: int = 1  # class images per pipeline call (the reference's --sample_batch_size)
     # masks
     masks: tuple[tuple[str, float], ...] = (("random", 1.0),)  # source -> share, e.g. segment 0.7 random 0.3
     garment: str = ""  # segmenter prompt for "segment" masks, e.g. "the skirt"
     segmenter: str = DEFAULT_SEGMENTER  # hub id or folder, only for "segment" masks
     mask_dir: Path | None = None  # user masks; default: <instance_dir>/masks
-    fit: str = "crop"  # crop: centre crop to a square; pad: whole photo on a neutral border
+    fit: str = "crop"  # crop: square around the garment; center: the middle square; pad: neutral border
     # optimisation
     resolution: int = 512  # 512 for SD 1.5/2 inpainting, 768 costs ~2x memory
     train_batch_size: int = 1  # per process, instance images (+ as many class images)
@@ -57,7 +61,11 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     max_train_steps: int = 800
     max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9  # AdamW's moments, as the reference script's defaults
+    adam_beta2: float = 0.999
     adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    scale_lr: bool = False  # learning_rate x batch x accumulation x processes (the reference's --scale_lr)
     use_8bit_adam: bool = False  # bitsandbytes AdamW8bit: ~4x less optimizer memory (GPU)
     gradient_checkpointing: bool = False  # recompute activations: less memory, ~20% slower
     mixed_precision: str | None = None  # no, fp16 (GPU) or bf16; None: accelerate's config decides
@@ -80,6 +88,7 @@ class TrainConfig:
     validation_seeds: tuple[int, ...] = (0, 1)  # fixed, so images from different steps compare
     validation_inference_steps: int = 25
     report_to: tuple[str, ...] = ()  # extra accelerate trackers (tensorboard, wandb); JSONL is always on
+    logging_dir: Path = Path("logs")  # loss log and trackers; relative paths are under output_dir
     min_images: int = 5  # fewer instance images than this is warned about
     min_side: int | None = None  # shorter sides below this are refused; None: half the resolution
 
@@ -92,6 +101,7 @@ class TrainConfig:
             "mask_dir",
             "validation_image",
             "validation_mask",
+            "logging_dir",
         ):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -111,8 +121,18 @@ class TrainConfig:
         """LoRA scale alpha / rank."""
         return (self.lora_alpha if self.lora_alpha is not None else self.lora_rank) / self.lora_rank
 
-    def check(self) -> None:
-        """Raise InvalidParameterError naming the first bad field and its limit."""
+    @property
+    def logs(self) -> Path:
+        """The logging folder: `logging_dir` under `output_dir` (an absolute `logging_dir` as it is)."""
+        return Path(self.output_dir) / self.logging_dir
+
+    def check(self, given: Collection[str] = ()) -> None:
+        """Raise InvalidParameterError naming the first bad field and its limit.
+
+        Args:
+            given: fields the user set explicitly (the CLI's flags); a setting that would have no effect
+                is refused when it is given or differs from its default.
+        """
         _one_of("mode", self.mode, MODES)
         _one_of("fit", self.fit, FITS)
         if self.mixed_precision is not None:
@@ -141,6 +161,7 @@ class TrainConfig:
             ("validation_inference_steps", 1, 150),
             ("lora_rank", 1, 1024),
             ("seed", 0, 2**32 - 1),
+            ("sample_batch_size", 1, 8),
         ):
             _in_range(name, getattr(self, name), lo, hi)
         if not (0 < self.learning_rate <= 1) or not math.isfinite(self.learning_rate):
@@ -149,6 +170,7 @@ class TrainConfig:
             )
         _in_range("prior_loss_weight", self.prior_loss_weight, 0.0, 100.0)
         _in_range("max_grad_norm", self.max_grad_norm, 0.0, 1e6)
+        self._check_adam()
         if self.class_dir is not None and not self.class_prompt.strip():
             raise InvalidParameterError(
                 "class_prompt: required with --class-dir, e.g. 'a model in a skirt'", field="class_prompt"
@@ -163,6 +185,54 @@ class TrainConfig:
         self._check_masks()
         if self.report_to:
             check_trackers(self.report_to)
+        self._check_used(frozenset(given))
+
+    def _check_adam(self) -> None:
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise InvalidParameterError(f"{name}: {value} must be in [0, 1)", field=name)
+        if not 0 < self.adam_epsilon <= 1:
+            raise InvalidParameterError(
+                f"adam_epsilon: {self.adam_epsilon} must be in (0, 1]", field="adam_epsilon"
+            )
+        _in_range("adam_weight_decay", self.adam_weight_decay, 0.0, 10.0)
+
+    def _check_used(self, given: frozenset[str]) -> None:
+        """Refuse a setting that would silently do nothing with the others (a flag must take effect)."""
+        defaults = {f.name: f.default for f in fields(self)}
+
+        def set_(name: str) -> bool:
+            return name in given or getattr(self, name) != defaults[name]
+
+        prior = "only used for prior preservation; add --class-dir DIR"
+        segment = "only used by 'segment' masks; add segment to --masks"
+        checkpoints = "only used with --checkpointing-steps N > 0; set it"
+        rules: list[tuple[str, bool, str]] = [
+            *((n, self.class_dir is None, prior) for n in CLASS_FIELDS),
+            ("garment", "segment" not in dict(self.masks), segment),
+            *((n, self.mode != "lora", "only used by `restyle train lora`; use that") for n in LORA_FIELDS),
+            ("text_lora_targets", not self.train_text_encoder, "only used with --train-text-encoder; add it"),
+            ("checkpoints_total_limit", not self.checkpointing_steps, checkpoints),
+            ("keep_checkpoints", not self.checkpointing_steps, checkpoints),
+        ]
+        for name, unused, why in rules:
+            if unused and set_(name):
+                raise InvalidParameterError(f"{name}: {why}, or drop it", field=name)
+        if "segmenter" in given and "segment" not in dict(self.masks):
+            raise InvalidParameterError(f"segmenter: {segment}, or drop it", field="segmenter")
+        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+            raise InvalidParameterError(
+                f"lr_warmup_steps: the constant schedule has no warm-up ({self.lr_warmup_steps} steps "
+                "would do nothing); use --lr-scheduler constant_with_warmup, or drop it",
+                field="lr_warmup_steps",
+            )
+        if self.class_dir is not None and self.prior_loss_weight == 0:
+            raise InvalidParameterError(
+                "prior_loss_weight: 0 turns prior preservation off and leaves --class-dir unused; "
+                "drop --class-dir to train without it, or give a weight > 0",
+                field="prior_loss_weight",
+            )
 
     def _check_validation(self) -> None:
         from restyle.inpaint.params import MAX_IMAGES, MAX_SEED

@@ -52,15 +52,17 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def check_images(files: list[Path], field: str, min_side: int) -> None:
-    """Open every file fully; raise one error naming every unreadable or too-small image."""
+    """Read every file as training will; raise one error naming every unusable image.
+
+    Each photo goes through the same `load_image` (size limit, full decode, EXIF rotation) as the
+    training data later, so a photo that passes here cannot fail after the model has loaded.
+    """
     problems = []
     for path in files:
         try:
-            with Image.open(path) as img:
-                img.load()  # decode all of it: a truncated JPEG fails here, not at step 300
-                w, h = img.size
-        except (OSError, Image.DecompressionBombError) as err:
-            problems.append(f"{path.name}: unreadable ({err.__class__.__name__}: {err})")
+            w, h = load_image(path, field=path.name).size
+        except InvalidImageError as err:
+            problems.append(err.message)
             continue
         if min(w, h) < min_side:
             problems.append(f"{path.name}: {w}x{h} is too small; the shorter side must be >= {min_side}")
@@ -158,7 +160,7 @@ def read_captions(folder: Path, files: list[Path], prompt: str) -> dict[str, str
     meta = folder / METADATA
     if not meta.is_file():
         return captions
-    for number, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(_metadata_lines(meta), 1):
         if not line.strip():
             continue
         where = f"{meta.name} line {number}"
@@ -173,6 +175,25 @@ def read_captions(folder: Path, files: list[Path], prompt: str) -> dict[str, str
             )
         captions[name] = caption_for(row, prompt, where)
     return captions
+
+
+def _metadata_lines(meta: Path) -> list[str]:
+    """The lines of metadata.jsonl (UTF-8, a leading BOM allowed); not UTF-8: the first bad line, named."""
+    raw = meta.read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        pass
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidParameterError(
+                f"metadata: {meta} line {number}: not UTF-8 (byte 0x{line[err.start]:02x} at column "
+                f"{err.start + 1}); save the file as UTF-8",
+                field="metadata",
+            ) from None
+    raise AssertionError("unreachable: the whole file failed to decode but no line did")
 
 
 def caption_for(row: dict, prompt: str, where: str = "metadata") -> str:
@@ -219,7 +240,8 @@ def write_caption_template(folder: Path, *, overwrite: bool = False) -> Path:
 
 
 def load_example_image(path: Path) -> Image.Image:
-    return load_image(path, field=path.name)
+    """A training photo; check_images has read it already, so a failure here names the whole path."""
+    return load_image(path, field=str(path))
 
 
 def fit_square(
@@ -232,10 +254,11 @@ def fit_square(
     """Fit a photo (and its mask) to size x size without squashing it.
 
     crop: scale the shorter side to `size` and cut a square centred on the garment of `anchor`
-    (default: `mask`; neither: the middle); pad: scale the longer side to `size` and pad with
-    neutral grey (mask 0 on the border). Masks fitted with the same anchor share one crop.
+    (default: `mask`; neither: the middle); center: the same, always the middle square (the
+    reference script's --center_crop); pad: scale the longer side to `size` and pad with neutral
+    grey (mask 0 on the border). Masks fitted with the same anchor share one crop.
     """
-    anchor = mask if anchor is None else anchor
+    anchor = None if mode == "center" else mask if anchor is None else anchor
     w, h = image.size
     if mode == "pad":
         scale = size / max(w, h)

@@ -12,6 +12,7 @@ from restyle.models.hub import load_pretrained
 from restyle.train.config import TrainConfig
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what the loss has a target for (noise, velocity)
 
 
 @dataclass
@@ -52,8 +53,15 @@ def load_parts(base: str, device: Any) -> Parts:
         requires_safety_checker=False,
     )
     Inpainter(pipe, base)  # refuses a non-inpainting (4-channel) UNet with a clear message
-    pipe = pipe.to(device)
-    return Parts(pipe=pipe, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config))
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction = noise_scheduler.config.prediction_type
+    if prediction not in PREDICTION_TYPES:
+        raise InvalidParameterError(
+            f"base: {base} predicts {prediction!r} (scheduler prediction_type); restyle trains "
+            f"{' or '.join(PREDICTION_TYPES)} models only",
+            field="base",
+        )
+    return Parts(pipe=pipe.to(device), noise_scheduler=noise_scheduler)
 
 
 def set_trainable(parts: Parts, config: TrainConfig) -> list[Any]:
@@ -145,3 +153,17 @@ def save_pipeline(parts: Parts, config: TrainConfig, folder: Path) -> Path:
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"saving the model to {folder} wrote no model_index.json")
     return folder
+
+
+def half_precision(parts: Parts, c: TrainConfig, dtype: Any) -> None:
+    """Cast what is frozen to `dtype`; trained weights (full model or adapters) stay fp32."""
+    from diffusers.training_utils import cast_training_params
+
+    parts.vae.to(dtype=dtype)
+    if not c.train_text_encoder or c.mode == "lora":
+        parts.text_encoder.to(dtype=dtype)
+    if c.mode == "lora":
+        parts.unet.to(dtype=dtype)
+        cast_training_params(parts.unet)
+        if c.train_text_encoder:
+            cast_training_params(parts.text_encoder)

@@ -44,30 +44,34 @@ def generate_class_images(
     size: int,
     steps: int,
     seed: int,
+    batch: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
-    """Draw `generated-<index>.png` for each index in `todo` with seed `seed + index`.
+    """Draw `generated-<index>.png` for each index in `todo` with seed `seed + index`, `batch` per call.
 
     Each file is written atomically with its prompt and seed in the PNG metadata, so a killed run
-    leaves no half image and the next run picks up where it stopped.
+    leaves no half image and the next run picks up where it stopped. A seed draws the same image in
+    any batch (up to floating-point rounding).
     """
     class_dir.mkdir(parents=True, exist_ok=True)
     canvas = Image.new("RGB", (size, size), (CANVAS_GREY,) * 3)
     full = Image.new("L", (size, size), 255)
     written = []
-    for index in todo:
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
         params = StyleParams(  # seeds wrap like the inpainter's own (seed + i) % 2**32
             prompt=prompt,
             steps=steps,
-            num_images=1,
-            seeds=((seed + index) % (MAX_SEED + 1),),
+            num_images=len(chunk),
+            seeds=tuple((seed + index) % (MAX_SEED + 1) for index in chunk),
             size=size,
             crop=False,
         )
         result = inpainter.run(canvas, full, params)
-        out = class_dir / f"generated-{index:05d}.png"
-        save_png(result.images[0], out, {**result.metadata(0), "class_image": True})
-        written.append(out)
-        if progress is not None:
-            progress(1)
+        for i, index in enumerate(chunk):
+            out = class_dir / f"generated-{index:05d}.png"
+            save_png(result.images[i], out, {**result.metadata(i), "class_image": True})
+            written.append(out)
+            if progress is not None:
+                progress(1)
     return written

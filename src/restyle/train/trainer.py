@@ -17,6 +17,7 @@ import numpy as np
 from restyle.errors import InvalidParameterError, RestyleError
 from restyle.train import checkpoints as ckpt
 from restyle.train.accel import (
+    check_launch,
     class_examples,
     cpu_only_multiprocess,
     load_trainable_only,
@@ -27,7 +28,16 @@ from restyle.train.accel import (
 from restyle.train.batches import TrainSet, fit_items
 from restyle.train.config import TrainConfig
 from restyle.train.data import load_example_image, scan_class_images, scan_instances
-from restyle.train.parts import LORA_FILE, Parts, load_parts, save_lora, save_pipeline, set_trainable
+from restyle.train.lock import hold
+from restyle.train.parts import (
+    LORA_FILE,
+    Parts,
+    half_precision,
+    load_parts,
+    save_lora,
+    save_pipeline,
+    set_trainable,
+)
 from restyle.train.tracking import JsonlTracker
 from restyle.train.validation import Validator
 
@@ -63,6 +73,7 @@ class Trainer:
         started = time.perf_counter()
         # 1. Check inputs: every image is opened before any model is loaded
         c.check()
+        check_launch()
         instances = scan_instances(
             c.instance_dir,
             c.instance_prompt,
@@ -73,9 +84,21 @@ class Trainer:
         if c.class_dir is not None:
             scan_class_images(c.class_dir, c.class_prompt, min_side=c.smallest_side)
         self.validator = Validator(c, instances[0], self.out / "validation")
-        # 2. Accelerator and trackers
+        path = ckpt.resolve_resume(self.out, c.resume_from_checkpoint)  # checked whole before any work
+        self.resume = (path, ckpt.read_state(path) if path is not None else {})
+        # 2. Accelerator, this run's lock on the output folder, trackers
         acc = self._accelerator()
         self.acc = acc
+        lock = hold(self.out, acc)
+        try:
+            acc.init_trackers("restyle-train", config={**c.to_log(), "num_processes": acc.num_processes})
+            return self._train(instances, started)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, instances: list[Any], started: float) -> TrainResult:
+        c, acc = self.config, self.acc
         if acc.is_main_process:
             ckpt.clean_partials(self.out)
         acc.wait_for_everyone()
@@ -128,7 +151,7 @@ class Trainer:
         from accelerate.utils import ProjectConfiguration
 
         c = self.config
-        logs = self.out / "logs"
+        logs = c.logs
         acc = Accelerator(
             cpu=cpu_only_multiprocess(),
             gradient_accumulation_steps=c.gradient_accumulation_steps,
@@ -142,7 +165,6 @@ class Trainer:
             raise InvalidParameterError(
                 "mixed_precision: fp16 needs a GPU; use bf16 (or no) on CPU", field="mixed_precision"
             )
-        acc.init_trackers("restyle-train", config={**c.to_log(), "num_processes": acc.num_processes})
         log.info(
             "training %s on %d process(es), device %s, mixed precision %s",
             c.mode,
@@ -160,8 +182,23 @@ class Trainer:
         weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(acc.mixed_precision, torch.float32)
         self.weight_dtype = weight_dtype
         if weight_dtype != torch.float32:  # frozen parts run in the mixed-precision dtype
-            _half_precision(parts, c, weight_dtype)
-        optimizer = optimizer_class(c)(params, lr=c.learning_rate, weight_decay=c.adam_weight_decay)
+            half_precision(parts, c, weight_dtype)
+        lr = c.learning_rate
+        if c.scale_lr:  # as the reference script: by the images one optimizer step sees
+            lr *= c.train_batch_size * c.gradient_accumulation_steps * acc.num_processes
+            log.info(
+                "scale_lr: learning rate %g x %d images per step = %g",
+                c.learning_rate,
+                lr / c.learning_rate,
+                lr,
+            )
+        optimizer = optimizer_class(c)(
+            params,
+            lr=lr,
+            betas=(c.adam_beta1, c.adam_beta2),
+            eps=c.adam_epsilon,
+            weight_decay=c.adam_weight_decay,
+        )
         scheduler = get_scheduler(
             c.lr_scheduler,
             optimizer=optimizer,
@@ -181,25 +218,22 @@ class Trainer:
             acc.register_load_state_pre_hook(load_trainable_only)
 
     def _run_state(self) -> dict[str, Any]:
-        """The settings a checkpoint must share with the run that resumes it (see RESUME_KEYS)."""
+        """The settings a checkpoint must share with the run that resumes it (see RESUME_KEYS), as JSON
+        reads them back (tuples as lists), so a checkpoint's values compare equal to a new run's."""
+        import json
+
         c = self.config
         state = {k: getattr(c, k) for k in ckpt.RESUME_KEYS if hasattr(c, k)}
-        state.update(
-            lora_targets=list(c.lora_targets),
-            text_lora_targets=list(c.text_lora_targets),
-            num_processes=self.acc.num_processes,
-            mixed_precision=self.acc.mixed_precision,
-        )
-        return state
+        state.update(num_processes=self.acc.num_processes, mixed_precision=self.acc.mixed_precision)
+        return json.loads(json.dumps(state, default=str))
 
     def _resume(self) -> int:
         c = self.config
-        path = ckpt.resolve_resume(self.out, c.resume_from_checkpoint)
+        path, state = self.resume
         if path is None:
             if c.resume_from_checkpoint:
                 log.info("no checkpoint in %s yet: starting from step 0", self.out)
             return 0
-        state = ckpt.read_state(path)
         ckpt.check_compatible(state, self._run_state(), path)
         self.acc.load_state(str(path))
         log.info("resumed from %s (step %d)", path.name, state["step"])
@@ -299,10 +333,10 @@ class Trainer:
         ).input_ids.to(acc.device)
         hidden = self.text_encoder(ids)[0]  # (B, 77, D)
         pred = self.unet(torch.cat([noisy, mask_lat, masked], dim=1), t, hidden).sample
-        if parts.noise_scheduler.config.prediction_type == "v_prediction":
-            target = parts.noise_scheduler.get_velocity(latents, noise, t)
-        else:
-            target = noise
+        prediction = parts.noise_scheduler.config.prediction_type  # load_parts refuses any other
+        target = (
+            parts.noise_scheduler.get_velocity(latents, noise, t) if prediction == "v_prediction" else noise
+        )
         pred, target = pred.float(), target.float()
         if not self.config.with_prior:
             return F.mse_loss(pred, target)
@@ -380,18 +414,5 @@ class Trainer:
         ckpt.publish(staged, self.out, last)
         if not c.keep_checkpoints:
             ckpt.remove_checkpoints(self.out)
+        ckpt.clean_partials(self.out)  # nothing half-written or half-deleted outlives a finished run
         log.info("wrote %s", result.output)
-
-
-def _half_precision(parts: Parts, c: TrainConfig, dtype: Any) -> None:
-    """Cast what is frozen to `dtype`; trained weights (full model or adapters) stay fp32."""
-    from diffusers.training_utils import cast_training_params
-
-    parts.vae.to(dtype=dtype)
-    if not c.train_text_encoder or c.mode == "lora":
-        parts.text_encoder.to(dtype=dtype)
-    if c.mode == "lora":
-        parts.unet.to(dtype=dtype)
-        cast_training_params(parts.unet)
-        if c.train_text_encoder:
-            cast_training_params(parts.text_encoder)
