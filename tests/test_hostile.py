@@ -455,3 +455,107 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_extracting(tmp_
     with pytest.raises(ArchiveError, match="nothing was extracted"):
         safe_extract(archive, tmp_path / "out")
     assert not (tmp_path / "out" / "unet").exists()
+
+
+# --- cause: many event streams, and the signal to stop ----------------------------------------------
+
+
+def test_event_streams_wake_on_changes_instead_of_polling():
+    """300 open streams used to poll 10 times a second each; now a stream wakes when a job changes."""
+    import asyncio
+    import threading
+
+    from restyle.serve.jobs import Job, Worker
+
+    worker = Worker(queue_size=4)
+    worker.start()
+    gate = threading.Event()
+
+    def run(job: Job) -> None:
+        gate.wait(10)
+        for i in range(1, 4):
+            job.progress(i, 3)
+
+    async def watch() -> tuple[int, int]:
+        woken = 0
+        job = worker.submit(Job(run=run, kind="style"))
+        quiet = await worker.changes.wait(0.5)  # running, then nothing: at most the start wakes it
+        gate.set()
+        while not job.ended:
+            if await worker.changes.wait(5):
+                woken += 1
+        return int(quiet), woken
+
+    try:
+        quiet, woken = asyncio.run(watch())
+    finally:
+        worker.stop(1)
+    assert quiet <= 1
+    assert 1 <= woken <= 5  # the steps and the end, not one wake every 0.1 s
+
+
+def test_open_event_streams_are_bounded(served, monkeypatch):
+    import restyle.serve.routes as routes
+
+    client, out = served
+    (out / "streamjob1").mkdir()
+    record = {"id": "streamjob1", "state": "done", "step": 1, "total": 1, "created": 1.0, "kind": "style"}
+    (out / "streamjob1" / "job.json").write_text(json.dumps(record))
+    assert client.get("/v1/jobs/streamjob1/events").status_code == 200  # a finished job: one event, ended
+    monkeypatch.setattr(routes, "MAX_STREAMS", 0)
+    r = client.get("/v1/jobs/streamjob1/events")
+    assert r.status_code == 503 and r.json()["error"] == "too_many_streams"
+    assert client.app.state.restyle.streams == 0  # the first stream gave its place back
+
+
+def test_on_the_stop_signal_queued_work_fails_at_once_and_the_running_job_goes_on(served):
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from restyle.serve.app import begin_shutdown
+    from restyle.serve.routes import job_for
+
+    client, _ = served
+    state = client.app.state.restyle
+    gate = threading.Event()
+    state.ready, state.service = True, SimpleNamespace(preview=False)
+    try:
+        running = job_for(state, "style", lambda job: gate.wait(10))
+        queued = job_for(state, "style", lambda job: None)
+        deadline = time.monotonic() + 5
+        while running.state != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        begin_shutdown(client.app)  # what the SIGTERM handler calls, before uvicorn's drain
+        assert queued._done.wait(5)
+        assert queued.state == "failed" and queued.error["error"] == "shutdown"
+        assert not running.ended and client.get("/ping").status_code == 503
+    finally:
+        gate.set()
+        running._done.wait(5)
+        state.ready, state.service, state.phase, state.worker.accepting = False, None, "starting", True
+    assert running.state == "done"
+
+
+def test_a_job_that_ends_at_once_keeps_its_final_record(served):
+    """The accepted-record is written before the job is queued, so the worker's final record (which may
+    come at once) is never overwritten by it."""
+    from types import SimpleNamespace
+
+    from restyle.serve.routes import job_for
+
+    client, out = served
+    state = client.app.state.restyle
+    state.ready, state.service = True, SimpleNamespace(preview=False)
+
+    def fail(job: Any) -> None:
+        raise InvalidParameterError("style: no such style", field="style")
+
+    try:
+        for _ in range(20):
+            job = job_for(state, "style", fail)
+            assert job._done.wait(5)
+            assert json.loads((out / job.id / "job.json").read_text())["state"] == "failed", job.id
+    finally:
+        state.ready, state.service = False, None

@@ -135,7 +135,7 @@ def serve(
     """Run the HTTP API (SageMaker /ping + /invocations, and /v1). Docs at /docs."""
     import uvicorn
 
-    from restyle.serve.app import ServerSettings, create_app
+    from restyle.serve.app import ServerSettings, begin_shutdown, create_app
 
     _quiet()
     _check_serve_flags(
@@ -182,8 +182,15 @@ def serve(
     uv_config = uvicorn.Config(
         fastapi_app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30
     )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                begin_shutdown(fastapi_app)  # queued work fails now, not after the drain
+            super().handle_exit(sig, frame)
+
     try:
-        uvicorn.Server(uv_config).run(sockets=sockets)
+        Server(uv_config).run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raised Ctrl-C
         typer.echo("restyle stopped")
 

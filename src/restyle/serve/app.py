@@ -61,6 +61,8 @@ class ServerState:
     phase: str = "starting"
     load_error: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    streams: int = 0  # event streams open now (routes.MAX_STREAMS at most)
+    loop: Any = None  # the server's event loop, for begin_shutdown
 
 
 def create_app(
@@ -77,6 +79,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(store.recover)  # jobs a killed run had accepted: failed, interrupted
+        state.loop = asyncio.get_running_loop()
         worker.start()
         loader = threading.Thread(target=_load, args=(state, factory), name="restyle-loader", daemon=True)
         loader.start()
@@ -113,6 +116,20 @@ def create_app(
     app.include_router(routes.v1, prefix="/v1", dependencies=guarded)
     app.include_router(routes.health)
     return app
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """On SIGTERM/Ctrl-C, before uvicorn's drain: /ping turns 503 and queued jobs fail now (their waiting
+    requests answer 503 `shutdown` and their event streams end), instead of after the drain; the running
+    job goes on until the grace period. Safe from a signal handler: the work is handed to the event loop."""
+    state: ServerState = app.state.restyle
+    if state.loop is not None and not state.loop.is_closed():
+        state.loop.call_soon_threadsafe(_drain, state)
+
+
+def _drain(state: ServerState) -> None:
+    state.ready, state.phase = False, "stopping"
+    state.worker.fail_pending()
 
 
 # The studio's pages load only their own files; images are shown from blob: and data: URLs.

@@ -8,6 +8,7 @@ piling up work it cannot finish. Every job's record is written to disk when it e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -44,6 +45,13 @@ class ShuttingDownError(RestyleError):
     status_code = 503
 
 
+class TooManyStreamsError(RestyleError):
+    """More event streams than the server keeps open at once."""
+
+    status_code = 503
+    kind = "too_many_streams"
+
+
 class NotReadyError(RestyleError):
     """Models are still loading (or failed to load)."""
 
@@ -72,6 +80,39 @@ class Batchable:
     finish: Callable[[Job, Any, Any], Any]
 
 
+class Changes:
+    """Wakes waiting event streams when any job changes (progress, start, end, queue moves), instead of
+    each stream polling; `notify` may be called from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait(self, timeout: float) -> bool:
+        """True when something changed within `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        entry = (loop, fut)
+        with self._lock:
+            self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+
+
 @dataclass
 class Job:
     """One unit of image work and what happened to it."""
@@ -97,9 +138,12 @@ class Job:
     _done: threading.Event = field(default_factory=threading.Event, repr=False)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _changed: Callable[[], None] | None = field(default=None, repr=False)  # the worker's Changes.notify
 
     def progress(self, done: int, total: int) -> None:
         self.step, self.total = done, total
+        if self._changed:
+            self._changed()
 
     def should_stop(self) -> bool:
         """Polled by the pipeline every step: cancelled, or past its deadline."""
@@ -132,6 +176,8 @@ class Job:
             waiters, self._waiters = self._waiters, []
         for loop, fut in waiters:
             loop.call_soon_threadsafe(_resolve, fut)
+        if self._changed:
+            self._changed()  # its end, and every queued job's new position
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait (without blocking the event loop) until the job ends; False on timeout."""
@@ -206,6 +252,7 @@ class Worker:
         self._thread = threading.Thread(target=self._loop, name="restyle-worker", daemon=True)
         self._pending: list[Job] = []  # queued, in order (for positions and shutdown)
         self._plock = threading.Lock()
+        self.changes = Changes()  # event streams wait on this
 
     def start(self) -> None:
         self._thread.start()
@@ -224,6 +271,7 @@ class Worker:
                 )
             self._pending.append(job)
             self.queue.put_nowait(job)
+        job._changed = self.changes.notify
         return job
 
     def cancel(self, job: Job, *, timed_out: bool = False) -> None:
@@ -270,6 +318,7 @@ class Worker:
 
     def _run(self, job: Job) -> None:
         job.state, job.started = "running", time.monotonic()
+        self.changes.notify()
         try:
             assert job.run is not None
             job.result = job.run(job)
@@ -311,6 +360,7 @@ class Worker:
     def _gather(self, head: Job) -> list[Job]:
         """`head` and the waiting jobs that can share its batch (same key, up to `max_batch` images)."""
         head.state, head.started = "running", time.monotonic()
+        self.changes.notify()
         part = self._prepare(head)
         if part is None:
             return []
@@ -333,6 +383,7 @@ class Worker:
                     continue
                 self._pending.remove(job)
             job.state, job.started = "running", time.monotonic()
+            self.changes.notify()
             group.append(job)
             room -= other.num_images
         return group
@@ -407,9 +458,8 @@ class Worker:
                 log.exception("recording job %s failed", job.id)
         job._finish(state, error, finished)
 
-    def stop(self, grace_s: float = 30.0) -> None:
-        """Refuse new work, fail what is queued, let the running job (or batch) finish; cancelled after
-        `grace_s`."""
+    def fail_pending(self) -> None:
+        """Refuse new work and fail what is queued (its requests and event streams hear at once)."""
         self.accepting = False
         with self._plock:
             pending, self._pending = self._pending, []
@@ -421,6 +471,11 @@ class Worker:
         for job in pending:
             job.cancel()
             self._end(job, "failed", _error("shutdown", "the server shut down before this job started", 503))
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Refuse new work, fail what is queued, let the running job (or batch) finish; cancelled after
+        `grace_s`."""
+        self.fail_pending()
         deadline = time.monotonic() + grace_s
         for job in list(self.running):  # every member of a running batch
             if not job._done.wait(max(0.0, deadline - time.monotonic())):
@@ -484,6 +539,15 @@ class JobStore:
             if not self._jobs[oldest].ended:
                 break
             del self._jobs[oldest]
+
+    def discard(self, job: Job) -> None:
+        """Forget a job that was never accepted (its record and its empty folder go)."""
+        self._jobs.pop(job.id, None)
+        if self.root is not None:
+            folder = self.root / job.id
+            (folder / "job.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # it holds other files: leave it
+                folder.rmdir()
 
     def get(self, job_id: str) -> Job | dict[str, Any] | None:
         """The live job, or the record a previous run left on disk, or None."""

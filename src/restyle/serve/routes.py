@@ -15,7 +15,14 @@ from starlette.exceptions import HTTPException
 
 from restyle.errors import InvalidParameterError, RestyleError
 from restyle.serve.handler import encode_base64, request_prompt
-from restyle.serve.jobs import TERMINAL, Batchable, Job, NotReadyError, TimeoutExceededError
+from restyle.serve.jobs import (
+    TERMINAL,
+    Batchable,
+    Job,
+    NotReadyError,
+    TimeoutExceededError,
+    TooManyStreamsError,
+)
 from restyle.serve.schemas import (
     ErrorBody,
     InvocationRequest,
@@ -41,6 +48,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+MAX_STREAMS = 64  # open event streams per server; more get 503 (each holds a connection and a task)
 KEEPALIVE_S = 15.0  # an SSE comment after this long without news keeps proxies from closing the stream
 
 sagemaker = APIRouter(tags=["SageMaker contract"])
@@ -76,11 +84,13 @@ def job_for(state: Any, kind: str, run: Any, job_id: str | None = None) -> Job:
                 f"{JOB_ID_HEADER}: job {job_id!r} exists already", field=JOB_ID_HEADER
             )
         job.id = job_id
-    state.worker.submit(job)  # a full queue refuses it before anything is written
+    # its record first (a crash after this cannot lose an accepted job, and the worker's final record,
+    # which may come at once, is never overwritten by this one); a full disk refuses it here (507)
+    state.store.add(job)
     try:
-        state.store.add(job)  # its record, so a crash after this cannot lose an accepted job
-    except RestyleError:
-        state.worker.cancel(job)
+        state.worker.submit(job)
+    except RestyleError:  # the queue is full, or the server is stopping: it was never accepted
+        state.store.discard(job)
         raise
     return job
 
@@ -255,24 +265,42 @@ async def job_status(job_id: str, request: Request) -> Any:
 @v1.get("/jobs/{job_id}/events", summary="Server-sent events: progress until the job ends")
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     found = _find(request, job_id)
+    state = _state(request)
+    if state.streams >= MAX_STREAMS:
+        raise TooManyStreamsError(
+            f"{MAX_STREAMS} event streams are open on this server (the limit); poll GET /v1/jobs/{job_id} "
+            "or retry shortly"
+        )
+    state.streams += 1
 
     async def stream() -> AsyncIterator[str]:
-        last, quiet_since = None, time.monotonic()
-        while True:
-            status = _status(request, found)
-            key = (status["state"], status["step"], status.get("position"))
-            if key != last:
-                last, quiet_since = key, time.monotonic()
-                event = status["state"] if status["state"] in TERMINAL else "progress"
-                yield f"event: {event}\ndata: {json.dumps(status, default=str)}\n\n"
-            elif time.monotonic() - quiet_since > KEEPALIVE_S:
-                quiet_since = time.monotonic()
-                yield ": keep-alive\n\n"  # a long queue wait must not look like a dead connection
-            if status["state"] in TERMINAL or await request.is_disconnected():
-                return
-            await asyncio.sleep(0.1)
+        try:
+            async for chunk in _events(request, found):
+                yield chunk
+        finally:
+            state.streams -= 1
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _events(request: Request, found: Job | dict[str, Any]) -> AsyncIterator[str]:
+    """A job's changes as server-sent events, woken by the worker's changes instead of polling (Starlette
+    ends the stream when the client leaves); a keep-alive comment after KEEPALIVE_S without news."""
+    changes = _state(request).worker.changes
+    last, quiet_since = None, time.monotonic()
+    while True:
+        status = _status(request, found)
+        key = (status["state"], status["step"], status.get("position"))
+        if key != last:
+            last, quiet_since = key, time.monotonic()
+            event = status["state"] if status["state"] in TERMINAL else "progress"
+            yield f"event: {event}\ndata: {json.dumps(status, default=str)}\n\n"
+        elif time.monotonic() - quiet_since >= KEEPALIVE_S:
+            quiet_since = time.monotonic()
+            yield ": keep-alive\n\n"  # a long queue wait must not look like a dead connection
+        if status["state"] in TERMINAL or not isinstance(found, Job):
+            return
+        await changes.wait(max(0.05, KEEPALIVE_S - (time.monotonic() - quiet_since)))
 
 
 @v1.post("/jobs/{job_id}/cancel", response_model=JobStatus, summary="Cancel a queued or running job")
