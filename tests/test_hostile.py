@@ -559,3 +559,20 @@ def test_a_job_that_ends_at_once_keeps_its_final_record(served):
             assert json.loads((out / job.id / "job.json").read_text())["state"] == "failed", job.id
     finally:
         state.ready, state.service = False, None
+
+
+def test_training_masks_get_the_same_reading_as_request_masks(tmp_path):
+    """masks/ in a training folder: a palette mask with transparency is its shape, a chunk bomb is named."""
+    from restyle.train.data import check_masks, read_mask
+
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    rgba.paste((255, 255, 255, 255), (10, 5, 30, 25))
+    palette = rgba.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    (tmp_path / "a-mask.png").write_bytes(_png(palette))
+    assert read_mask(tmp_path / "a-mask.png", (40, 30)).getbbox() == (10, 5, 30, 25)
+    photo = tmp_path / "b.png"
+    photo.write_bytes(_png(Image.new("RGB", (32, 32))))
+    (tmp_path / "b-mask.png").write_bytes(_png_with_bomb_chunk(b"zTXt"))
+    with pytest.raises(InvalidImageError, match="b-mask.png: unreadable mask"):
+        check_masks({"b.png": tmp_path / "b-mask.png"}, [photo], "--instance-dir")

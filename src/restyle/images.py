@@ -139,13 +139,7 @@ def load_mask(
         img.load()
     except (OSError, SyntaxError, ValueError) as err:
         raise InvalidImageError(f"{field}: image data is corrupt or truncated ({err})", field=field) from err
-    img = ImageOps.exif_transpose(img) or img
-    if "transparency" in img.info and img.mode in {"P", "L", "RGB"}:
-        img = img.convert("RGBA")  # palette/colour-key transparency is an alpha mask too
-    if img.mode in {"RGBA", "LA", "PA"} and np.asarray(img.getchannel("A")).min() < 255:
-        mask = img.getchannel("A")
-    else:
-        mask = normalize_image(img).convert("L")
+    mask = as_mask(img)
     if mask.size != tuple(size):
         raise UnusableMaskError(
             f"{field}: mask is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}; "
@@ -153,6 +147,18 @@ def load_mask(
             field=field,
         )
     return mask
+
+
+def as_mask(img: Image.Image) -> Image.Image:
+    """A decoded mask image as `L`, 255 = repaint: upright; a transparent one (alpha, or palette and
+    colour-key transparency) is read from its transparency (transparent = keep), any other from its grey
+    levels."""
+    img = ImageOps.exif_transpose(img) or img
+    if "transparency" in img.info and img.mode in {"P", "L", "RGB"}:
+        img = img.convert("RGBA")  # palette/colour-key transparency is an alpha mask too
+    if img.mode in {"RGBA", "LA", "PA"} and np.asarray(img.getchannel("A")).min() < 255:
+        return img.getchannel("A")
+    return normalize_image(img).convert("L")
 
 
 def image_to_bytes(img: Image.Image, fmt: str = "PNG", **save_kwargs: object) -> bytes:

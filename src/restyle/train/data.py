@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from restyle.errors import InvalidImageError, InvalidParameterError, RestyleError
-from restyle.images import load_image
+from restyle.images import FORMATS, as_mask, load_image
 from restyle.prompts import COLORS, DESIGN_STYLES, FABRICS, FITS, LENGTHS, PATTERNS, all_garments
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,12 @@ def check_masks(masks: dict[str, Path], files: list[Path], field: str) -> None:
         if path is None:
             continue
         try:
-            with Image.open(path) as m:
+            with Image.open(path, formats=FORMATS) as m:
                 m.load()
                 mw, mh = m.size
-            with Image.open(photo) as img:
+            with Image.open(photo, formats=FORMATS) as img:
                 w, h = img.size
-        except (OSError, Image.DecompressionBombError) as err:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             problems.append(f"{path.name}: unreadable mask ({err.__class__.__name__}: {err})")
             continue
         if abs(mw / mh - w / h) > MASK_ASPECT_TOLERANCE * (w / h):
@@ -149,9 +149,10 @@ def check_masks(masks: dict[str, Path], files: list[Path], field: str) -> None:
 
 
 def read_mask(path: Path, size: tuple[int, int]) -> Image.Image:
-    """A user or segmenter mask as L at the photo's `size` (masks of another resolution are rescaled)."""
-    with Image.open(path) as m:
-        return m.convert("L").resize(size, Image.Resampling.NEAREST)
+    """A user or segmenter mask as L at the photo's `size` (masks of another resolution are rescaled);
+    a transparent one is read from its transparency, as everywhere (images.as_mask)."""
+    with Image.open(path, formats=FORMATS) as m:
+        return as_mask(m).resize(size, Image.Resampling.NEAREST)
 
 
 def read_captions(folder: Path, files: list[Path], prompt: str) -> dict[str, str]:
