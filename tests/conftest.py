@@ -48,3 +48,18 @@ def photo():
     from restyle.samples import sample_photo
 
     return sample_photo(96, 144)
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache under tmp_path, used by every loader (returns its hub folder)."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    # huggingface_hub reads the env once, at import; the loaders read these constants on every call
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(cache.parent))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    return cache

@@ -436,15 +436,18 @@ def models_convert_clipseg(
     clip: Annotated[
         str,
         typer.Option(
-            help="CLIP ViT-B/16: a transformers CLIPModel folder/hub id "
-            "(openai/clip-vit-base-patch16) or an OpenAI-layout state-dict file."
+            help="CLIP ViT-B/16: OpenAI's ViT-B-16.pt (TorchScript, read without running it; the clip "
+            "package keeps it in ~/.cache/clip), an OpenAI-layout state-dict file, or a transformers "
+            "CLIPModel folder/hub id (openai/clip-vit-base-patch16)."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (transformers layout).")],
     processor_from: Annotated[
         str | None,
         typer.Option(
-            help="Copy tokenizer/processor from this CLIPSeg or CLIP folder/hub id (default: the --clip one)."
+            help="Tokenizer: a CLIP or CLIPSeg folder/hub id, or a CLIP BPE file (the clip package's "
+            "bpe_simple_vocab_16e6.txt.gz, or merges.txt). Default: the --clip folder's; for a --clip "
+            "file, restyle's copy of the published CLIP BPE files (no hub)."
         ),
     ] = None,
 ) -> None:

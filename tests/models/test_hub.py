@@ -25,21 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
+def fake_hub(empty_hf_cache):
     """An empty Hugging Face cache under tmp_path; returns put(repo_id, folder) that caches a folder.
 
     The layout is the hub client's: models--ORG--NAME/blobs/<sha256>, snapshots/<commit>/... linking to
     the blobs, refs/main holding the commit.
     """
-    import huggingface_hub.constants as hf_constants
-
-    cache = tmp_path / "hf-home" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(cache.parent))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    # huggingface_hub reads the env once, at import; the loaders read these constants on every call
-    monkeypatch.setattr(hf_constants, "HF_HOME", str(cache.parent))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    cache = empty_hf_cache
 
     def put(repo_id: str, folder: Path, commit: str = SNAPSHOT) -> Path:
         repo = cache / ("models--" + repo_id.replace("/", "--"))
@@ -83,7 +75,10 @@ def test_tiny_models_have_real_layouts(tiny_models):
         p.name for p in inp.iterdir()
     }
     assert json.loads((inp / "unet" / "config.json").read_text())["in_channels"] == 9
-    assert (tiny_models["segmenter"] / "processor_config.json").is_file()
+    # the segmenter as CIDAS/clipseg-rd64-refined lays it out: processor and tokenizer files side by side
+    assert {"preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json"} <= {
+        p.name for p in tiny_models["segmenter"].iterdir()
+    }
     assert is_tiny(inp) and is_tiny(tiny_models["segmenter"])
 
 

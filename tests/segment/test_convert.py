@@ -1,9 +1,13 @@
 """convert_clipseg against an independent plain-torch re-implementation of the original CLIPSeg.
 
 The reference below follows timojl/clipseg (models/clipseg.py) and OpenAI CLIP's module layout; it shares
-no key mapping with restyle.segment.convert. Tiny random weights, no network.
+no key mapping with restyle.segment.convert. Tiny random weights, no network. OpenAI publishes CLIP as a
+TorchScript archive (`ViT-B-16.pt`, traced, fp16); `torchscript` below builds one the same way.
 """
 
+import gzip
+import pickle
+import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -12,10 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from restyle.errors import InvalidParameterError, ModelLoadError
+from restyle.errors import InvalidParameterError, ModelLoadError, ModelNotFoundError
 from restyle.segment.convert import convert_clipseg
 
 WIDTH, EMBED, REDUCE, CTX, EXTRACT = 128, 32, 16, 77, (1, 2)
+PROMPT = "a red floral maxi dress"
+PROMPT_IDS = [49406, 320, 736, 10732, 23266, 2595, 49407]  # CLIP's BPE (the published vocab.json/merges.txt)
 
 
 class ResBlock(nn.Module):  # OpenAI CLIP ResidualAttentionBlock (sequence-first)
@@ -65,6 +71,13 @@ class OpenAIClip(nn.Module):
         self.ln_final = nn.LayerNorm(WIDTH)
         self.text_projection = nn.Parameter(torch.randn(WIDTH, EMBED))
         self.logit_scale = nn.Parameter(torch.tensor(4.6))
+
+
+class TracedClip(OpenAIClip):
+    """What torch.jit.trace needs: a forward. Tracing keeps every parameter, under the same names."""
+
+    def forward(self, x):
+        return x * self.logit_scale
 
 
 class OriginalDecoder(nn.Module):  # what rd64-uni(-refined).pth holds
@@ -143,13 +156,23 @@ def tokenizer_dir(tmp_path_factory):
     return out
 
 
-def _checkpoint(tmp_path, tokenizer_dir, *, refined=False, patch=8, grid=4):
+def _checkpoint(tmp_path, tokenizer_dir, *, refined=False, patch=8, grid=4, clip_format="state_dict"):
+    """Write clip.pt (a state dict, or a TorchScript archive as OpenAI ships it) and rd16-uni.pth.
+
+    Returns the CLIP module with the weights as stored (fp16-rounded for "torchscript_fp16") and the decoder.
+    """
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    clip = _randomise(OpenAIClip(patch, grid, len(AutoTokenizer.from_pretrained(tokenizer_dir))))
+    clip = _randomise(TracedClip(patch, grid, len(AutoTokenizer.from_pretrained(tokenizer_dir))))
     dec = _randomise(OriginalDecoder(patch, refined))
-    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    if clip_format == "state_dict":
+        torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    else:
+        stored = clip.half() if clip_format == "torchscript_fp16" else clip
+        example = torch.ones(2, dtype=next(stored.parameters()).dtype)
+        torch.jit.trace(stored, example).save(str(tmp_path / "clip.pt"))
+        clip = stored.float()
     torch.save(dec.state_dict(), tmp_path / "rd16-uni.pth")
     return clip, dec
 
@@ -159,11 +182,33 @@ def _convert(tmp_path, tokenizer_dir, **kwargs):
     return convert_clipseg(tmp_path / "rd16-uni.pth", tmp_path / "clip.pt", tmp_path / "out", **kwargs)
 
 
-@pytest.mark.parametrize(("refined", "patch", "grid"), [(False, 8, 4), (True, 16, 2)])
-def test_converted_logits_match_original(tmp_path, tokenizer_dir, refined, patch, grid):
+@pytest.fixture
+def no_jit_load(monkeypatch):
+    """torch.jit.load runs an archive's code: the converter must never call it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+
+
+@pytest.mark.parametrize(
+    ("refined", "patch", "grid", "clip_format"),
+    [
+        (False, 8, 4, "state_dict"),
+        (True, 16, 2, "state_dict"),
+        (False, 8, 4, "torchscript"),
+        (True, 16, 2, "torchscript_fp16"),  # as OpenAI's ViT-B-16.pt: traced, fp16 weights
+    ],
+)
+def test_converted_logits_match_original(
+    tmp_path, tokenizer_dir, no_jit_load, refined, patch, grid, clip_format
+):
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-    clip, dec = _checkpoint(tmp_path, tokenizer_dir, refined=refined, patch=patch, grid=grid)
+    clip, dec = _checkpoint(
+        tmp_path, tokenizer_dir, refined=refined, patch=patch, grid=grid, clip_format=clip_format
+    )
     out = _convert(tmp_path, tokenizer_dir)
     model = CLIPSegForImageSegmentation.from_pretrained(out).eval()
     processor = CLIPSegProcessor.from_pretrained(out)
@@ -227,12 +272,129 @@ def test_files_that_are_not_state_dicts(tmp_path, tokenizer_dir, which, content)
         _convert(tmp_path, tokenizer_dir)
 
 
-def test_openai_clip_needs_processor_from(tmp_path, tokenizer_dir):
+def _tokenizer_of(folder):
+    from transformers import CLIPSegProcessor
+
+    return CLIPSegProcessor.from_pretrained(folder).tokenizer
+
+
+def test_openai_clip_without_processor_from_uses_the_published_clip_bpe(tmp_path, tokenizer_dir):
+    """No hub: the tokenizer is restyle's copy of the published CLIP BPE files (CIDAS/clipseg-* use it)."""
+    _checkpoint(tmp_path, tokenizer_dir, clip_format="torchscript")
+    tokenizer = _tokenizer_of(_convert(tmp_path, tokenizer_dir, processor_from=None))
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == CTX
+    assert tokenizer(PROMPT).input_ids == PROMPT_IDS
+    assert len(tokenizer(PROMPT * 40, truncation=True).input_ids) == CTX
+
+
+def _clip_package_bpe(path):
+    """A file laid out as the clip package's bpe_simple_vocab_16e6.txt.gz: its version line, the merges
+    CLIP uses, then more merges (the real file has 262,144) that CLIP never reads."""
+    from restyle.models.clip_bpe import CLIP_BPE_MERGES, read_merges
+
+    lines = [
+        '"bpe_simple_vocab_16e6.txt#version: 0.2',
+        *read_merges(CLIP_BPE_MERGES),
+        "qqqqqqq xxxxxxx",
+        "xxxxxxx qqqqqqq",
+    ]
+    path.write_bytes(gzip.compress("\n".join(lines).encode()))
+    return path
+
+
+def test_processor_from_the_clip_packages_bpe_file(tmp_path, tokenizer_dir):
+    _checkpoint(tmp_path, tokenizer_dir, clip_format="torchscript")
+    bpe = _clip_package_bpe(tmp_path / "bpe_simple_vocab_16e6.txt.gz")
+    out = _convert(tmp_path, tokenizer_dir, processor_from=str(bpe))
+    tokenizer = _tokenizer_of(out)
+    assert len(tokenizer) == 49408 and tokenizer(PROMPT).input_ids == PROMPT_IDS
+    assert "qqqqqqqxxxxxxx" not in tokenizer.get_vocab()  # merges past CLIP's 48,894 are not read
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not gzip, not merges", gzip.compress(b"#version\na b\nc d\n"), b"\xff\xfe\x00"],
+    ids=["text", "too-few-merges", "not-utf8"],
+)
+def test_processor_from_a_file_that_is_not_a_clip_bpe(tmp_path, tokenizer_dir, content):
     _checkpoint(tmp_path, tokenizer_dir)
-    with pytest.raises(InvalidParameterError, match="processor") as err:
-        _convert(tmp_path, tokenizer_dir, processor_from=None)
+    (tmp_path / "bpe.txt.gz").write_bytes(content)
+    with pytest.raises(InvalidParameterError, match="not a CLIP BPE file") as err:
+        _convert(tmp_path, tokenizer_dir, processor_from=str(tmp_path / "bpe.txt.gz"))
     assert err.value.field == "processor_from"
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_clip_model_names_the_clip_flag_and_a_clip_only_download(
+    tmp_path, tokenizer_dir, empty_hf_cache
+):
+    _checkpoint(tmp_path, tokenizer_dir)
+    with pytest.raises(ModelNotFoundError) as err:
+        convert_clipseg(tmp_path / "rd16-uni.pth", "openai/clip-vit-base-patch16", tmp_path / "out")
+    msg = str(err.value)
+    assert err.value.field == "clip" and "--clip" in msg and "ViT-B-16.pt" in msg
+    assert "`hf download openai/clip-vit-base-patch16" in msg  # the CLIP model alone, not an inpainter too
+    assert "--segmenter" not in msg and "CLIPSeg folder" not in msg and "restyle models pull" not in msg
+    assert "\n" not in msg
+
+
+def test_missing_processor_from_names_its_flag(tmp_path, tokenizer_dir, empty_hf_cache):
+    _checkpoint(tmp_path, tokenizer_dir)
+    with pytest.raises(ModelNotFoundError) as err:
+        _convert(tmp_path, tokenizer_dir, processor_from="openai/clip-vit-base-patch32")
+    assert err.value.field == "processor_from" and "--processor-from" in str(err.value)
+    assert "--segmenter" not in str(err.value)
+    with pytest.raises(ModelNotFoundError, match="processor_from: no such file or folder"):
+        _convert(tmp_path, tokenizer_dir, processor_from=str(tmp_path / "no-tokenizer-here"))
+
+
+def test_clip_folder_that_is_not_a_clip_model_names_the_clip_flag(tmp_path, tokenizer_dir):
+    _checkpoint(tmp_path, tokenizer_dir)
+    (tmp_path / "not-clip").mkdir()
+    with pytest.raises(ModelLoadError, match="clip: .* does not load as OpenAI's ViT-B-16.pt") as err:
+        convert_clipseg(tmp_path / "rd16-uni.pth", tmp_path / "not-clip", tmp_path / "out")
+    assert err.value.field == "clip" and "--segmenter" not in str(err.value)
+
+
+class RunsCode:
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.sentinel}",)
+
+
+def _hostile_archive(path, sentinel):
+    """A zip laid out as TorchScript (data.pkl, constants.pkl, code/) whose data.pkl calls os.system."""
+    evil = RunsCode()
+    evil.sentinel = sentinel
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ViT-B-16/data.pkl", pickle.dumps({"visual.proj": evil}, protocol=2))
+        zf.writestr("ViT-B-16/constants.pkl", pickle.dumps((), protocol=2))
+        zf.writestr("ViT-B-16/code/__torch__/model.py", "import os\nos.system('touch x')\n")
+        zf.writestr("ViT-B-16/version", "3\n")
+
+
+def test_torchscript_archive_is_read_without_running_anything(tmp_path, tokenizer_dir, no_jit_load):
+    _checkpoint(tmp_path, tokenizer_dir)
+    sentinel = tmp_path / "code-ran"
+    _hostile_archive(tmp_path / "clip.pt", sentinel)
+    with pytest.raises(ModelLoadError, match=r"clip: .*TorchScript.*refusing (posix|os)\.system") as err:
+        _convert(tmp_path, tokenizer_dir)
+    assert err.value.field == "clip"
+    assert not sentinel.exists() and not (tmp_path / "out").exists()
+
+
+def test_torchscript_reader_matches_torch_state_dict(tmp_path, tokenizer_dir):
+    """Every tensor, dtype and value as torch.jit.load(...).state_dict() gives them (the oracle, run here)."""
+    from restyle.models.torchscript import is_torchscript, read_torchscript_state
+
+    _checkpoint(tmp_path, tokenizer_dir, clip_format="torchscript_fp16")
+    want = torch.jit.load(str(tmp_path / "clip.pt")).state_dict()
+    got = read_torchscript_state(tmp_path / "clip.pt", "clip")
+    assert is_torchscript(tmp_path / "clip.pt") and not is_torchscript(tmp_path / "rd16-uni.pth")
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype == torch.float16 and torch.equal(got[key], value), key
 
 
 def test_swapped_or_mistyped_files_are_named(tmp_path):

@@ -260,9 +260,9 @@ def resolve_or_preview(config: ModelConfig) -> Resolved:
 
     The returned config names the ids actually found (a cached alias in place of the configured id), so
     what the server and CLI show is what runs. The tiny models are built once into `cache_dir()/tiny`
-    (about a second, a few MB).
+    (a few seconds, about 21 MB).
     """
-    from restyle.models.tiny import TINY_MARKER, build_tiny_models
+    from restyle.models.tiny import build_tiny_models, is_current_tiny
 
     for role in ROLES:
         check_folder(role, getattr(config, role))
@@ -275,7 +275,7 @@ def resolve_or_preview(config: ModelConfig) -> Resolved:
         cfg = replace(config, segmenter=str(found["segmenter"]), inpainter=str(found["inpainter"]))
         return Resolved(cfg, preview=False)
     tiny = cache_dir() / "tiny"
-    if not all((tiny / part / TINY_MARKER).is_file() for part in ("segmenter", "inpainter")):
+    if not all(is_current_tiny(tiny / part) for part in ("segmenter", "inpainter")):  # else stale: rebuild
         build_tiny_models(tiny)
     cfg = replace(config, segmenter=str(tiny / "segmenter"), inpainter=str(tiny / "inpainter"))
     return Resolved(cfg, preview=True, missing=missing)

@@ -1,120 +1,115 @@
 """Tiny, randomly initialised models built offline, saved in the same layouts as the real ones.
 
 They exercise every loading and inference path of restyle (tests, preview mode) without a model hub.
-Their outputs are meaningless pictures: they are not a stand-in for real weights.
+Only the weights are made up: scheduler, tokenizer, processors and model_index.json are the published
+files (`published/`), so samplers, prompt truncation at 77 tokens and CLIPSeg's 352-pixel input behave as
+with real weights. Their outputs are meaningless pictures: they are not a stand-in for real weights.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
+
+from restyle.models.clip_bpe import PUBLISHED, write_clip_tokenizer
 
 TINY_MARKER = "restyle_tiny.json"  # present in a folder built here; lets the app label preview mode
 TINY_SEED = 0
-TINY_IMAGE_SIZE = 64  # CLIPSeg input side and inpainter native size of the tiny models
+TINY_FORMAT = 2  # the marker's layout version; 2: published scheduler, CLIP BPE tokenizer, 352-pixel CLIPSeg
+TINY_IMAGE_SIZE = 64  # native size of the tiny inpainter (the tiny CLIPSeg takes CLIPSeg's own 352)
 CLIPSEG_MEAN = (0.485, 0.456, 0.406)  # the normalisation CLIPSeg was trained with
 CLIPSEG_STD = (0.229, 0.224, 0.225)
-SD_SCHEDULER = (
-    dict(  # EulerDiscreteScheduler as Stable Diffusion's inpainting models (and the original) set it
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        steps_offset=1,
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-    )
+# Everything but the weights comes from the published repos (published/SOURCES.md says which snapshot):
+SD2_INPAINTING = PUBLISHED / "sd2-inpainting"  # Stability AI's SD 2 inpainting repo, snapshot 81a84f49
+SD15_INPAINTING = PUBLISHED / "sd15-inpainting"  # Runway's SD 1.5 inpainting repo, commit caac1048
+CLIPSEG_RD64_REFINED = PUBLISHED / "clipseg-rd64-refined"  # CIDAS/clipseg-rd64-refined, reconstructed
+SD_SCHEDULER = dict(  # EulerDiscreteScheduler as the published PNDM / DDIM configs resolve to it ("linspace")
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    steps_offset=1,
+    prediction_type="epsilon",
+    trained_betas=None,
+)
+TINY_TEXT = dict(  # the tiny text encoders' sizes; vocabulary, ids and context stay the published ones
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
 )
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The 256 printable stand-ins byte-level BPE uses for raw bytes (as in GPT-2/CLIP)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    extra = [b for b in range(256) if b not in printable]
-    codes = printable + [256 + i for i in range(len(extra))]
-    return [chr(c) for c in codes]
+def published_config(folder: Path, name: str = "config.json") -> dict[str, Any]:
+    """A published JSON file as a dict, without the keys that only say who wrote it."""
+    config = json.loads((folder / name).read_text())
+    return {k: v for k, v in config.items() if k not in {"_name_or_path", "transformers_version"}}
+
+
+def _copy_published(source: Path, out: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source / name, out / name)
 
 
 def build_tiny_tokenizer():  # -> CLIPTokenizer
-    """A character-level CLIP tokenizer (byte-level BPE with no merges): every text is encodable."""
+    """The published CLIP BPE tokenizer (49,408 tokens, 77-token context), as CLIPSeg's repo has it."""
     from transformers import CLIPTokenizer
 
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _text_config_kwargs(tokenizer) -> dict:
-    return dict(
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, CLIPSEG_RD64_REFINED))
 
 
 def _mark(folder: Path, kind: str) -> None:
-    (folder / TINY_MARKER).write_text(json.dumps({"kind": kind, "seed": TINY_SEED, "random_weights": True}))
+    marker = {"kind": kind, "seed": TINY_SEED, "random_weights": True, "format": TINY_FORMAT}
+    (folder / TINY_MARKER).write_text(json.dumps(marker))
+
+
+def tiny_clipseg_config() -> dict[str, Any]:
+    """The published rd64-refined config with every width and depth shrunk.
+
+    Kept as published: vocabulary and special-token ids, the vision input 224 with patch 16 (so 352-pixel
+    inputs interpolate the position embeddings, as with the real weights), the refined decoder head
+    (`use_complex_transposed_convolution`), activations and the conditional layer.
+    """
+    config = published_config(CLIPSEG_RD64_REFINED)
+    config["text_config"].update(TINY_TEXT)
+    config["vision_config"].update(TINY_TEXT, num_hidden_layers=3)
+    config.update(projection_dim=32, extract_layers=[0, 1, 2], reduce_dim=16, decoder_intermediate_size=32)
+    return config
 
 
 def build_tiny_segmenter(out: Path, seed: int = TINY_SEED) -> Path:
-    """Write a tiny CLIPSegForImageSegmentation + CLIPSegProcessor to `out` (transformers layout)."""
+    """Write a tiny CLIPSegForImageSegmentation to `out` (transformers layout), random weights.
+
+    The processor and tokenizer files are the published CLIPSeg ones (352x352 input, CLIP BPE).
+    """
     import torch
-    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
     torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer()
-    config = CLIPSegConfig(
-        text_config=_text_config_kwargs(tokenizer),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=TINY_IMAGE_SIZE,
-            patch_size=8,
-        ),
-        projection_dim=32,
-        extract_layers=[0, 1, 2],
-        reduce_dim=16,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-    )
-    model = CLIPSegForImageSegmentation(config).eval()
-    image_processor = ViTImageProcessor(
-        size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-        image_mean=list(CLIPSEG_MEAN),
-        image_std=list(CLIPSEG_STD),
-    )
+    model = CLIPSegForImageSegmentation(CLIPSegConfig.from_dict(tiny_clipseg_config())).eval()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    _copy_published(CLIPSEG_RD64_REFINED, out, ("preprocessor_config.json",))
+    write_clip_tokenizer(out, CLIPSEG_RD64_REFINED)
     _mark(out, "segmenter")
     return out
 
 
 def build_tiny_inpainter(out: Path, seed: int = TINY_SEED) -> Path:
-    """Write a tiny StableDiffusionInpaintPipeline to `out` (diffusers layout, 9-channel UNet, VAE x8)."""
+    """Write a tiny SD 2 inpainting pipeline to `out` (diffusers layout, 9-channel UNet, VAE x8).
+
+    UNet, VAE and text encoder are tiny and random; model_index.json, the scheduler, the feature extractor
+    and the tokenizer are the published SD 2 inpainting files, so every sampler resolves as with real weights.
+    """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionInpaintPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -125,7 +120,7 @@ def build_tiny_inpainter(out: Path, seed: int = TINY_SEED) -> Path:
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
+        cross_attention_dim=TINY_TEXT["hidden_size"],
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         norm_num_groups=8,
@@ -140,21 +135,19 @@ def build_tiny_inpainter(out: Path, seed: int = TINY_SEED) -> Path:
         sample_size=TINY_IMAGE_SIZE,
         norm_num_groups=8,
     )
-    tokenizer = build_tiny_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config_kwargs(tokenizer), projection_dim=32))
-    scheduler = EulerDiscreteScheduler(**SD_SCHEDULER)
-    pipe = StableDiffusionInpaintPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=CLIPImageProcessor(size=224, crop_size=224),
-        requires_safety_checker=False,
+    text_config = published_config(SD2_INPAINTING / "text_encoder") | TINY_TEXT | {"projection_dim": 32}
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_dict(text_config))
+    out = Path(out)
+    parts: dict[str, Any] = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    for name, part in parts.items():
+        part.save_pretrained(out / name)
+    names = (
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "feature_extractor/preprocessor_config.json",
     )
-    out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out)  # type: ignore[attr-defined]
+    _copy_published(SD2_INPAINTING, out, names)
+    write_clip_tokenizer(out / "tokenizer", SD2_INPAINTING / "tokenizer")
     _mark(out, "inpainter")
     return out
 
@@ -191,3 +184,12 @@ def build_tiny_models(out: Path, seed: int = TINY_SEED) -> dict[str, Path]:
 def is_tiny(folder: str | Path) -> bool:
     """True for a folder written by this module (random weights, preview only)."""
     return (Path(folder) / TINY_MARKER).is_file()
+
+
+def is_current_tiny(folder: str | Path) -> bool:
+    """True for a tiny folder of this module's layout; one an older restyle built (a stale preview cache,
+    with the old character-level tokenizer and "leading" Euler schedule) answers False."""
+    try:
+        return json.loads((Path(folder) / TINY_MARKER).read_text()).get("format") == TINY_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

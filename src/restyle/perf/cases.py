@@ -85,12 +85,15 @@ def _tiny_pipeline() -> Any:
     import tempfile
     from pathlib import Path
 
-    from diffusers import StableDiffusionInpaintPipeline
+    from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline
 
     from restyle.models.tiny import build_tiny_inpainter
 
     with tempfile.TemporaryDirectory() as tmp:
-        return StableDiffusionInpaintPipeline.from_pretrained(build_tiny_inpainter(Path(tmp) / "p"))
+        folder = build_tiny_inpainter(Path(tmp) / "p")
+        # the original handler's Euler, from the model's (published) scheduler config
+        scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler")
+        return StableDiffusionInpaintPipeline.from_pretrained(folder, scheduler=scheduler)
 
 
 def _tiny_segmenter() -> tuple[Any, Any]:

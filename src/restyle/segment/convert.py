@@ -1,9 +1,12 @@
 """Convert the original CLIPSeg release (timojl/clipseg) into a transformers CLIPSeg folder.
 
 The release ships only the decoder (`rd64-uni.pth`, `rd64-uni-refined.pth`, ~1 MB) and loads it
-non-strictly on top of OpenAI's CLIP ViT-B/16. Here the CLIP part comes from a transformers CLIPModel
-(`openai/clip-vit-base-patch16`, same weights) or an OpenAI-layout state dict; the decoder's keys are
-renamed to transformers' names. Files are read with `torch.load(weights_only=True)`: no pickled code runs.
+non-strictly on top of OpenAI's CLIP ViT-B/16. Here the CLIP part comes from OpenAI's own `ViT-B-16.pt`
+(TorchScript), an OpenAI-layout state dict or a transformers CLIPModel (`openai/clip-vit-base-patch16`,
+same weights); the decoder's keys are renamed to transformers' names. No code from any file runs: state
+dicts are read with `torch.load(weights_only=True)`, TorchScript archives by `restyle.models.torchscript`.
+The tokenizer is CLIP's BPE: restyle's copy of the published files, the `clip` package's
+`bpe_simple_vocab_16e6.txt.gz`, or a CLIP / CLIPSeg folder.
 """
 
 from __future__ import annotations
@@ -12,12 +15,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from restyle.errors import InvalidParameterError, ModelLoadError
-from restyle.models.tiny import CLIPSEG_MEAN, CLIPSEG_STD
+from restyle.errors import InvalidParameterError, ModelLoadError, ModelNotFoundError
+from restyle.models.clip_bpe import read_merges, write_clip_tokenizer
+from restyle.models.tiny import CLIPSEG_MEAN, CLIPSEG_RD64_REFINED, CLIPSEG_STD
+from restyle.models.torchscript import is_torchscript, read_torchscript_state
 
 ORIGINAL_HEADS = 4  # nn.TransformerEncoderLayer(d_model=reduce_dim, nhead=4) in the original decoder
 ORIGINAL_EXTRACT_LAYERS = (3, 6, 9)
 CLIPSEG_INPUT_SIZE = 352  # the resolution CLIPSeg was trained at
+CLIP_WHAT = (
+    "OpenAI's ViT-B-16.pt (the clip package keeps it in ~/.cache/clip) or a transformers CLIPModel folder"
+)
+TOKENIZER_WHAT = "a CLIP or CLIPSeg folder, or the clip package's bpe_simple_vocab_16e6.txt.gz"
 
 _DECODER_RULES = [
     (r"^film_(mul|add)\.", r"decoder.film_\1."),
@@ -92,7 +101,9 @@ def convert_openai_clip_state(state: dict[str, Any]) -> dict[str, Any]:
     """OpenAI CLIP state dict -> transformers CLIPModel keys."""
     out: dict[str, Any] = {}
     for key, value in state.items():
-        if key in {"input_resolution", "context_length", "vocab_size"}:
+        # metadata OpenAI's build_model drops; attn_mask is the text causal mask, a tensor attribute (not a
+        # weight) that a scripted (rather than traced) CLIP archive keeps
+        if key in {"input_resolution", "context_length", "vocab_size"} or key.endswith(".attn_mask"):
             continue
         if key in {"visual.proj", "text_projection"}:
             out["visual_projection.weight" if key == "visual.proj" else "text_projection.weight"] = value.t()
@@ -158,20 +169,87 @@ def _require(state: dict[str, Any], keys: tuple[str, ...], field: str, what: str
 
 
 def _load_file(path: Path, field: str) -> dict[str, Any]:
+    """A state dict from a `torch.save` file or a TorchScript archive (OpenAI's CLIP), running no code."""
     import torch
 
     if not path.is_file():
         raise InvalidParameterError(f"{field}: no such file: {path}", field=field)
+    if is_torchscript(path):
+        return read_torchscript_state(path, field)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for non-state-dict files
         raise ModelLoadError(
             f"{field}: {path} is not a plain state dict loadable with weights_only=True ({err}). For CLIP, "
-            "pass the transformers model openai/clip-vit-base-patch16 (a folder or hub id) instead."
+            f"pass --clip {CLIP_WHAT}.",
+            field=field,
         ) from err
     if not isinstance(state, dict):
-        raise ModelLoadError(f"{field}: {path} holds a {type(state).__name__}, not a state dict")
+        raise ModelLoadError(f"{field}: {path} holds a {type(state).__name__}, not a state dict", field=field)
     return state.get("state_dict", state)
+
+
+def _load_pretrained(cls: Any, model_id: str, field: str, what: str) -> Any:
+    """`cls.from_pretrained` from a folder or the hub cache, with errors naming this command's own flag."""
+    from restyle.models.hub import live_id, load_pretrained, names_a_folder
+
+    flag = "--" + field.replace("_", "-")
+    path = Path(model_id).expanduser()
+    if not path.is_dir() and names_a_folder(model_id):
+        raise ModelNotFoundError(
+            f"{field}: no such file or folder: {path}; point {flag} at {what}", field=field
+        )
+    try:
+        return load_pretrained(cls, model_id, "segmenter")
+    except ModelNotFoundError as err:
+        raise ModelNotFoundError(
+            f"{field}: '{model_id}' is not a file or folder here, nor in the Hugging Face cache; point "
+            f"{flag} at {what}, or fetch it where the hub is reachable with `hf download {live_id(model_id)} "
+            "--exclude '*.h5' --exclude '*.msgpack'`",
+            field=field,
+        ) from err
+    except ModelLoadError as err:
+        raise ModelLoadError(
+            f"{field}: '{model_id}' does not load as {what}: {err.__cause__ or err}", field=field
+        ) from err
+
+
+def _openai_clip(path: Path) -> tuple[dict[str, Any], dict[str, Any], int, dict[str, Any]]:
+    """(text_config, vision_config, projection_dim, transformers state) from an OpenAI CLIP file."""
+    raw = _load_file(path, "clip")
+    _require(
+        raw,
+        (
+            "visual.conv1.weight",
+            "visual.positional_embedding",
+            "ln_final.weight",
+            "token_embedding.weight",
+            "positional_embedding",
+            "text_projection",
+        ),
+        "clip",
+        "an OpenAI CLIP state dict",
+    )
+    text_cfg, vision_cfg, proj = openai_clip_configs(raw)
+    return text_cfg, vision_cfg, proj, convert_openai_clip_state(raw)
+
+
+def _tokenizer(processor_from: str | None, clip: str, clip_is_file: bool) -> Any:
+    """CLIP's BPE tokenizer: from `processor_from` (folder, hub id or BPE file), the CLIP folder, or the
+    published CLIPSeg tokenizer files restyle ships (what CIDAS/clipseg-* use) for an OpenAI file."""
+    import tempfile
+
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    if processor_from is None and not clip_is_file:
+        return _load_pretrained(AutoTokenizer, clip, "clip", CLIP_WHAT)
+    merges = None
+    if processor_from is not None:
+        if not Path(processor_from).expanduser().is_file():
+            return _load_pretrained(AutoTokenizer, processor_from, "processor_from", TOKENIZER_WHAT)
+        merges = read_merges(processor_from, "processor_from")  # bpe_simple_vocab_16e6.txt.gz, merges.txt
+    with tempfile.TemporaryDirectory() as tmp:
+        return CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, CLIPSEG_RD64_REFINED, merges))
 
 
 def convert_clipseg(
@@ -187,9 +265,12 @@ def convert_clipseg(
 
     Args:
         decoder: `rd64-uni.pth` / `rd64-uni-refined.pth` (or a decoder state dict in that layout).
-        clip: transformers CLIPModel folder / hub id, or an OpenAI-layout CLIP state-dict file.
+        clip: OpenAI's `ViT-B-16.pt` (TorchScript) or an OpenAI-layout state-dict file, or a transformers
+            CLIPModel folder / hub id.
         out: output folder.
-        processor_from: folder / hub id with the CLIP tokenizer (default: `clip` when it is a model).
+        processor_from: where the tokenizer comes from: a CLIP / CLIPSeg folder or hub id, or a CLIP BPE
+            file (the clip package's `bpe_simple_vocab_16e6.txt.gz`, or a `merges.txt`). Default: the
+            `clip` folder; for a `clip` file, restyle's copy of the published CLIP BPE files.
         extract_layers: vision layers the decoder reads (the released models use 3, 6, 9).
         image_size: the processor's input side (352 for the released models).
 
@@ -205,8 +286,6 @@ def convert_clipseg(
         ViTImageProcessor,
     )
 
-    from restyle.models.hub import load_pretrained
-
     dec_state = _load_file(Path(decoder), "decoder")
     _require(
         dec_state, ("film_mul.weight", "blocks.0.linear1.weight"), "decoder", "a CLIPSeg decoder state dict"
@@ -215,41 +294,15 @@ def convert_clipseg(
     if clip_path.suffix in {".pt", ".pth", ".bin", ".safetensors"} and not clip_path.is_file():
         raise InvalidParameterError(f"clip: no such file: {clip_path}", field="clip")
     if clip_path.is_file():
-        raw = _load_file(clip_path, "clip")
-        _require(
-            raw,
-            (
-                "visual.conv1.weight",
-                "visual.positional_embedding",
-                "ln_final.weight",
-                "token_embedding.weight",
-                "positional_embedding",
-                "text_projection",
-            ),
-            "clip",
-            "an OpenAI CLIP state dict",
-        )
-        text_cfg, vision_cfg, proj = openai_clip_configs(raw)
-        clip_state = convert_openai_clip_state(raw)
-        tokenizer_source = processor_from
+        text_cfg, vision_cfg, proj, clip_state = _openai_clip(clip_path)
     else:
-        clip_model = load_pretrained(CLIPModel, str(clip), "segmenter")
+        clip_model = _load_pretrained(CLIPModel, str(clip), "clip", CLIP_WHAT)
         text_cfg, vision_cfg = (
             clip_model.config.text_config.to_dict(),
             clip_model.config.vision_config.to_dict(),
         )
         proj, clip_state = clip_model.config.projection_dim, clip_model.state_dict()
-        tokenizer_source = processor_from or str(clip)
-    if tokenizer_source is None:
-        raise InvalidParameterError(
-            "processor_from: an OpenAI CLIP state dict has no tokenizer; pass --processor-from with a CLIP "
-            "or "
-            "CLIPSeg folder / hub id",
-            field="processor_from",
-        )
-    from transformers import AutoTokenizer
-
-    tokenizer = load_pretrained(AutoTokenizer, tokenizer_source, "segmenter")
+    tokenizer = _tokenizer(processor_from, str(clip), clip_path.is_file())
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         text_cfg.setdefault(key, getattr(tokenizer, key))
     config = CLIPSegConfig(
