@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw, ImageFilter
 
+# The original design's example prompt (its endpoint call: 3 images, 768 px, 45 steps, guidance 6.7)
+ORIGINAL_PROMPT = (
+    "A female super-model poses in a casual long vacation skirt, with full body length, bright colors, "
+    "photorealistic, high quality, highly detailed, elegant, sharp focus"
+)
+
 
 def sample_photo(width: int = 384, height: int = 576) -> Image.Image:
     """A simple figure on a studio background: head, hair, arms, a red dress, legs (PIL RGB)."""

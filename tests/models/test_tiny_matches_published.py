@@ -17,6 +17,7 @@ import torch
 
 import restyle.models
 from restyle.inpaint.params import SCHEDULERS
+from restyle.samples import ORIGINAL_PROMPT
 
 PUBLISHED = Path(restyle.models.__path__[0]) / "published"
 # SHA-256 of the published files (checked byte for byte against the snapshots named in published/SOURCES.md)
@@ -56,10 +57,7 @@ PUBLISHED_SHA256 = {
 }
 VOCAB_SHA256 = "e089ad92ba36837a0d31433e555c8f45fe601ab5c221d4f607ded32d9f7a4349"  # the repos' vocab.json
 MERGES_SHA256 = "9fd691f7c8039210e0fced15865466c65820d09b63988b0174bfe25de299051a"  # and merges.txt
-FASHION = (  # the original design's example prompt: 165 characters, 36 CLIP tokens
-    "A female super-model poses in a casual long vacation skirt, with full body length, bright colors, "
-    "photorealistic, high quality, highly detailed, elegant, sharp focus"
-)
+FASHION = ORIGINAL_PROMPT  # the original design's example prompt: 165 characters, 36 CLIP tokens
 FASHION_IDS = [  # what the published vocab.json + merges.txt give
     49406, 320, 3970, 1994, 268, 2863, 9773, 530, 320, 10129, 1538, 6561, 12386, 267, 593, 1476, 1774,
     10130, 267, 4852, 5389, 267, 1153, 16157, 267, 1400, 3027, 267, 5302, 12609, 267, 11124, 267, 8157,
@@ -213,13 +211,18 @@ class _Records(logging.Handler):
 
 def test_the_77_token_warning_fires_only_past_77_tokens(inpainter):
     """diffusers warns about what CLIP cuts off: not for the 165-character example, only past 77 tokens."""
+    from diffusers.utils import logging as diffusers_logging
+
     records = _Records()
     logger = logging.getLogger("diffusers")
     logger.addHandler(records)
+    verbosity = diffusers_logging.get_verbosity()  # the CLI's tests quiet diffusers for the whole process
+    diffusers_logging.set_verbosity_warning()
     try:
         for prompt in (FASHION, LONG):
             inpainter.pipe.encode_prompt(prompt, "cpu", 1, False)
     finally:
+        diffusers_logging.set_verbosity(verbosity)
         logger.removeHandler(records)
     truncated = [m for m in records.messages if "truncated" in m]
     assert len(truncated) == 1 and "sharp focus" in truncated[0]

@@ -26,13 +26,10 @@ from PIL import Image
 
 from restyle.client import Client, ServerError, decode_image, encode_image
 from restyle.package import build_archive, safe_extract
+from restyle.samples import ORIGINAL_PROMPT
 from restyle.serve.container import serve_args
 
 ROOT = Path(__file__).resolve().parents[2]
-ORIGINAL_PROMPT = (
-    "A female super-model poses in a casual long vacation skirt, with full body length, bright colors, "
-    "photorealistic, high quality, highly detailed, elegant, sharp focus"
-)
 
 
 def _free_port() -> int:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from restyle.client import decode_image, encode_image
-
-PROMPT = (
-    "A female super-model poses in a casual long vacation skirt, with full body length, bright colors, "
-    "photorealistic, high quality, highly detailed, elegant, sharp focus"
-)
+from restyle.samples import ORIGINAL_PROMPT as PROMPT
 
 
 def original_payload(photo, mask, **over):

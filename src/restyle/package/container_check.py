@@ -41,10 +41,6 @@ from restyle.package.images import INFERENCE_LIBRARY, TARGET, ServingImage
 
 HANDLER = "sagemaker_huggingface_inference_toolkit.handler_service"
 JSON = "application/json"
-ORIGINAL_PROMPT = (
-    "A female super-model poses in a casual long vacation skirt, with full body length, bright colors, "
-    "photorealistic, high quality, highly detailed, elegant, sharp focus"
-)
 
 # Runs in the check's venv as an MMS worker would. Standard library, MMS and the toolkit only: restyle
 # comes from the archive's code/ once the handler has loaded it.
@@ -114,8 +110,6 @@ for name, module in loaded_modules(handler.model).items():
     weights[name] = {"saved": saved, "loaded": loaded}
 result["weights"] = weights
 
-from mms.protocol.otf_message_handler import create_predict_response  # noqa: F401  (the worker's encoder)
-
 def decode(msg):
     """MMS's predict response (otf_message_handler.create_predict_response) for one request."""
     pos = 0
@@ -163,8 +157,6 @@ for i, req in enumerate(plan["requests"]):
             answer["body"] = data
     answers.append(answer)
 result["answers"] = answers
-import transformers, diffusers, huggingface_hub
-import sagemaker_huggingface_inference_toolkit as tk
 from importlib import metadata
 result["versions"] = {d: metadata.version(d) for d in (
     "torch", "transformers", "diffusers", "huggingface_hub", "peft", "accelerate",
@@ -211,7 +203,7 @@ def original_payload(steps: int = 45) -> tuple[dict[str, Any], tuple[int, int]]:
     """The original design's call (3 images, 768 px, 45 steps, guidance 6.7) on the bundled sample photo."""
     from PIL import Image
 
-    from restyle.samples import sample_photo
+    from restyle.samples import ORIGINAL_PROMPT, sample_photo
 
     photo = sample_photo(96, 144)
     mask = Image.new("L", photo.size, 0)
@@ -283,18 +275,18 @@ def _compare(saved: list[Any], loaded: list[Any]) -> tuple[int, int]:
     return missing, strangers
 
 
-def _judge(result: dict[str, Any], photo_size: tuple[int, int], images: int) -> list[str]:
-    """What the check failed on (empty: passed)."""
+def _judge(
+    result: dict[str, Any], compared: dict[str, tuple[int, int]], photo_size: tuple[int, int], images: int
+) -> list[str]:
+    """What the check failed on (empty: passed); `compared` is _compare's answer per weighed component."""
     problems = []
     versions = result.get("versions") or {}
     libraries = f"transformers {versions.get('transformers')}, diffusers {versions.get('diffusers')}"
-    for name, w in result.get("weights", {}).items():
-        if not w["saved"]:
-            continue
-        missing, strangers = _compare(w["saved"], w["loaded"])
+    for name, (missing, strangers) in compared.items():
+        saved = len(result["weights"][name]["saved"])
         if missing:
             problems.append(
-                f"{name}: {missing} of {len(w['saved'])} saved tensors are not what the handler loaded: "
+                f"{name}: {missing} of {saved} saved tensors are not what the handler loaded: "
                 f"the libraries installed ({libraries}) could not read them as saved and initialised them "
                 "at random"
             )
@@ -307,7 +299,7 @@ def _judge(result: dict[str, Any], photo_size: tuple[int, int], images: int) -> 
     original = answers.get("original payload", {})
     width, height = photo_size
     if original.get("status") != 200:
-        problems.append(f"original payload: status {original.get('status')} ({original.get('body')})")
+        problems.append(f"original payload: status {original.get('status')}: {original.get('message')}")
     else:
         if not original.get("content_type", "").startswith("application/json"):
             problems.append(f"original payload: Content-Type {original.get('content_type')!r}, not JSON")
@@ -467,14 +459,16 @@ def _check(archive: Path, base: Path, opts: ContainerCheck, started: float) -> d
             + result.get("error", "")[-1500:],
             report=report,
         )
-    problems = _judge(result, photo_size, payload["num_images_per_prompt"])
+    weights = result.get("weights", {})
+    compared = {name: _compare(w["saved"], w["loaded"]) for name, w in weights.items() if w["saved"]}
+    problems = _judge(result, compared, photo_size, payload["num_images_per_prompt"])
     report["weights"] = {
         name: (
-            f"{len(w['saved']) - _compare(w['saved'], w['loaded'])[0]} of {len(w['saved'])} tensors as saved"
-            if w["saved"]
+            f"{len(w['saved']) - compared[name][0]} of {len(w['saved'])} tensors as saved"
+            if name in compared
             else "not compared (no weight file)"
         )
-        for name, w in result.get("weights", {}).items()
+        for name, w in weights.items()
     }
     if result.get("restyle") and not Path(result["restyle"]).resolve().is_relative_to(model.resolve()):
         problems.append(f"the handler imported restyle from {result['restyle']}, not from code/restyle/")

@@ -21,11 +21,8 @@ from PIL import Image, ImageDraw
 
 from restyle.perf.archs import ARCHS, build_pipeline, build_segmenter_model
 from restyle.perf.measure import StepClock, Timing, matmul_peak, synchronize, time_fn, time_pair, unet_flops
+from restyle.samples import ORIGINAL_PROMPT as PROMPT
 
-PROMPT = (
-    "A female super-model poses in a casual long vacation skirt, with full body length, bright colors, "
-    "photorealistic, high quality, highly detailed, elegant, sharp focus"
-)
 GUIDANCE = 6.7  # the original's example call
 HOST_SIDE = 768  # photo long side for the host-work case
 # equivalence of the fast path with the plain pipeline, by dtype: minimum PSNR (dB) of the float images

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import queue
@@ -503,13 +504,11 @@ class StorageError(RestyleError):
 
 def storage_error(path: Path, err: OSError) -> StorageError:
     """A one-line StorageError for an OSError on the output folder."""
-    import errno as errnos
-
     reason = {
-        errnos.ENOSPC: "no space left on the device",
-        errnos.EDQUOT: "the disk quota is exhausted",
-        errnos.EROFS: "the file system is read-only",
-        errnos.EACCES: "permission denied",
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
     }.get(err.errno or 0, err.strerror or type(err).__name__)
     return StorageError(f"output folder {path}: {reason}; nothing was saved", field="output")
 
