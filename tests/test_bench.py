@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from restyle.bench import (
-    BEGIN,
-    END,
-    TrainFigure,
-    make_instance_set,
-    run_train_config,
-    train_table,
-    write_section,
-)
+from restyle.perf.sections import BEGIN, END, write_section
+from restyle.perf.training import TrainFigure, make_instance_set, run_train_config, train_table
 
 
 def test_one_training_configuration_is_measured(tiny_models, tmp_path):

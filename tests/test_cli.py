@@ -261,12 +261,12 @@ def test_outputs_honour_the_umask(tmp_path, photo_file, model_flags, umask, mode
 
 
 def test_ctrl_c_says_cancelled(monkeypatch, capsys, photo_file, tiny_models):
-    import restyle.cli as cli
+    import restyle.cli.style as cli_style
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_style", interrupted)
+    monkeypatch.setattr(cli_style, "_run_style", interrupted)
     flags = ["--segmenter", str(tiny_models["segmenter"]), "--inpainter", str(tiny_models["inpainter"])]
     code, err = _main(monkeypatch, capsys, ["style", str(photo_file), "-g", "dress", "-p", "x", *flags])
     assert code == 130 and err.strip().endswith("Cancelled.")
@@ -372,12 +372,12 @@ def test_two_runs_started_together_reserve_two_stems(tmp_path):
 
 
 def test_a_failed_style_run_leaves_no_reservation(monkeypatch, capsys, tmp_path, photo_file, model_flags):
-    import restyle.cli as cli
+    import restyle.cli.style as cli_style
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_style", interrupted)
+    monkeypatch.setattr(cli_style, "_run_style", interrupted)
     args = ["style", str(photo_file), "-g", "dress", "-p", "x", "-o", str(tmp_path / "o"), *model_flags]
     code, _ = _main(monkeypatch, capsys, args)
     assert code == 130 and list((tmp_path / "o").iterdir()) == []
@@ -387,7 +387,7 @@ def test_a_failed_style_run_leaves_no_reservation(monkeypatch, capsys, tmp_path,
 def test_serve_binds_every_address_of_its_host(host):
     import socket
 
-    from restyle.cli_serve import bind
+    from restyle.cli.serve import bind
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -171,7 +171,7 @@ def test_allowed_hosts_and_a_gateway(tmp_path):
 
 
 def test_serve_answers_its_own_bound_address_and_allow_host():
-    from restyle.cli_serve import _served_names
+    from restyle.cli.serve import _served_names
 
     assert _served_names("127.0.0.1", None) == ()
     assert _served_names("0.0.0.0", ["studio.lan"]) == ("studio.lan",)

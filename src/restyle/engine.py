@@ -69,8 +69,22 @@ class Restyler:
                 attention_slicing=c.attention_slicing,
                 vae_tiling=c.vae_tiling,
                 fast=c.fast,
+                offload=c.offload,
+                quantize=c.quantize,
             )
         return self._inpainter
+
+    def segmenter_info(self) -> dict | None:
+        """The loaded segmenter's backend, model and licence (None when none is loaded)."""
+        seg = self._segmenter
+        if seg is None:
+            return None
+        return {
+            "backend": seg.name,
+            "model": seg.model_id,
+            "license": getattr(seg, "license", None),
+            "preview": seg.preview,
+        }
 
     def mask(
         self,
@@ -121,6 +135,7 @@ class Restyler:
             "mask_prompts": list(mask_result.prompts) if mask_result else [],
             "protect": list(mask_result.protect) if mask_result else [],
             "segmenter": self.config.segmenter if mask_result else None,
+            "segmenter_backend": self.segmenter.name if mask_result else None,
             "preview": self.preview,
         }
         prepared = self.inpainter.prepare(

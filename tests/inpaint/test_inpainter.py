@@ -122,6 +122,14 @@ def test_mask_of_another_size_and_empty_mask(inpainter):
 
 
 def test_a_non_inpainting_model_is_refused():
-    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=4)))
+    from restyle.inpaint.families.sd import SDAdapter
+
+    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=4)), scheduler=None)
     with pytest.raises(ModelLoadError, match="4 input channels"):
-        Inpainter(pipe, "some/txt2img")
+        Inpainter(pipe, "some/txt2img", adapter=SDAdapter(pipe))
+
+
+def test_a_pipeline_class_restyle_does_not_run_is_named():
+    pipe = SimpleNamespace(unet=None)
+    with pytest.raises(ModelLoadError, match="SimpleNamespace is not a pipeline restyle runs"):
+        Inpainter(pipe, "some/thing")

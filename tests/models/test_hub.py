@@ -237,19 +237,19 @@ CONFIGS = [
 
 
 def test_defaults_are_the_live_repos():
-    from restyle.cli_train import train
+    from restyle.cli.train import train
     from restyle.train.config import TrainConfig
 
     assert DEFAULT_INPAINTER == SD2_NEW and ModelConfig().inpainter == SD2_NEW
     assert TrainConfig().base == SD2_NEW
     assert inspect.signature(train).parameters["base"].default is None  # resolved like every command's
-    from restyle.cli_train import _models
+    from restyle.cli.train import _models
 
     assert _models({"base": None, "segmenter": None})["base"] == SD2_NEW
 
 
 def test_train_takes_its_models_from_env_and_flags(monkeypatch):
-    from restyle.cli_train import _models
+    from restyle.cli.train import _models
 
     monkeypatch.setenv("RESTYLE_INPAINTER", "/models/inp")
     monkeypatch.setenv("RESTYLE_SEGMENTER", "/models/seg")

@@ -44,14 +44,15 @@ def crop_box(mask: Image.Image, work_long_side: int, context: float) -> Box:
 
 
 def prepare_crop(
-    image: Image.Image, mask: Image.Image, box: Box, work_long_side: int
+    image: Image.Image, mask: Image.Image, box: Box, work_long_side: int, multiple: int = 8
 ) -> tuple[Image.Image, Image.Image, tuple[int, int]]:
-    """Cut `box` from image and mask and scale both to the model's working size (multiples of 8).
+    """Cut `box` from image and mask and scale both to the model's working size (multiples of `multiple`:
+    8 for SD's VAE, 16 where latents are packed 2x2 into tokens).
 
     The mask given to the model is binary and covers every pixel the soft mask touches.
     """
     crop_w, crop_h = box[2] - box[0], box[3] - box[1]
-    size = fit_size(crop_w, crop_h, work_long_side)
+    size = fit_size(crop_w, crop_h, work_long_side, multiple)
     work_image = image.crop(box).resize(size, Image.Resampling.LANCZOS)
     binary = mask.crop(box).point(lambda v: 255 if v > 0 else 0)
     work_mask = binary.resize(size, Image.Resampling.BILINEAR).point(lambda v: 255 if v > 0 else 0)

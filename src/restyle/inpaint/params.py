@@ -9,7 +9,8 @@ from restyle.prompts.builder import MAX_PROMPT_CHARS
 from restyle.prompts.vocabulary import DEFAULT_NEGATIVE
 
 MAX_STEPS = 150  # beyond this samplers have long converged; it only costs time
-MAX_GUIDANCE = 30.0
+MAX_GUIDANCE = 100.0  # the widest of the families (FLUX distilled guidance); each checks its own range
+MAX_SD_GUIDANCE = 30.0  # classifier-free guidance beyond this only burns the image
 MAX_IMAGES = 8  # per request; more is a batch job, not a request
 MIN_SIZE, MAX_SIZE = 64, 2048  # working long side in pixels
 MAX_SEED = 2**32 - 1
@@ -33,9 +34,9 @@ class StyleParams:
     """One inpainting request. Defaults follow the original design's endpoint."""
 
     prompt: str
-    negative_prompt: str = DEFAULT_NEGATIVE
-    steps: int = 25  # denoising steps
-    guidance: float = 6.5  # classifier-free guidance scale
+    negative_prompt: str = DEFAULT_NEGATIVE  # the family drops it where the model has none (FLUX)
+    steps: int | None = None  # denoising steps; None: the model family's default (SD 25, FLUX 50)
+    guidance: float | None = None  # None: the family's default (SD CFG 6.5, FLUX distilled 30, Qwen 4)
     num_images: int = 2  # variants per request
     seed: int | None = None  # first variant's seed; variant i uses seed + i; None: random
     seeds: tuple[int, ...] | None = None  # explicit per-variant seeds (overrides seed)
@@ -54,9 +55,11 @@ class StyleParams:
                 raise InvalidParameterError(
                     f"{name}: {len(text)} characters; the limit is {MAX_PROMPT_CHARS}", field=name
                 )
-        _int_range("steps", self.steps, 1, MAX_STEPS)
+        if self.steps is not None:
+            _int_range("steps", self.steps, 1, MAX_STEPS)
         _int_range("num_images", self.num_images, 1, MAX_IMAGES)
-        _num_range("guidance", self.guidance, 0.0, MAX_GUIDANCE)
+        if self.guidance is not None:
+            _num_range("guidance", self.guidance, 0.0, MAX_GUIDANCE)
         _num_range("context", self.context, 0.0, 4.0)
         if not 0.0 < self.strength <= 1.0:
             raise InvalidParameterError(f"strength: {self.strength} is out of range (0, 1]", field="strength")

@@ -63,8 +63,10 @@ def build_tiny_tokenizer():  # -> CLIPTokenizer
         return CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, CLIPSEG_RD64_REFINED))
 
 
-def _mark(folder: Path, kind: str) -> None:
+def _mark(folder: Path, kind: str, family: str | None = None) -> None:
     marker = {"kind": kind, "seed": TINY_SEED, "random_weights": True, "format": TINY_FORMAT}
+    if family is not None:  # which inpainter family (restyle.models.tiny_families); absent: SD 2
+        marker["family"] = family
     (folder / TINY_MARKER).write_text(json.dumps(marker))
 
 
@@ -193,3 +195,44 @@ def is_current_tiny(folder: str | Path) -> bool:
         return json.loads((Path(folder) / TINY_MARKER).read_text()).get("format") == TINY_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+INPAINTER_FAMILIES = ("sd", "sdxl", "flux-fill", "qwen-edit")  # restyle.inpaint.families, in that order
+SEGMENTER_BACKENDS = ("clipseg", "sam3", "parser")  # restyle.segment backends
+
+
+def build_tiny_backend(role: str, name: str, out: Path, seed: int = TINY_SEED) -> Path:
+    """Write one tiny model of backend `name` (an inpainter family or a segmenter backend) to `out`."""
+    if role == "inpainter":
+        if name == "sd":
+            return build_tiny_inpainter(out, seed)
+        from restyle.models.tiny_families import TINY_BUILDERS
+
+        return TINY_BUILDERS[name](out, seed)
+    if name == "clipseg":
+        return build_tiny_segmenter(out, seed)
+    from restyle.models import tiny_segmenters
+
+    builder = {"sam3": tiny_segmenters.build_tiny_sam3, "parser": tiny_segmenters.build_tiny_parser}[name]
+    return builder(out, seed)
+
+
+def build_tiny_backends(
+    out: Path,
+    inpainters: tuple[str, ...] = INPAINTER_FAMILIES,
+    segmenters: tuple[str, ...] = SEGMENTER_BACKENDS,
+    seed: int = TINY_SEED,
+) -> dict[str, Path]:
+    """Write a tiny model of every named backend: `out/segmenter` and `out/inpainter` for the original
+    pair (clipseg, sd), `out/segmenter-NAME` and `out/inpainter-NAME` for the others.
+
+    Returns:
+        "role" or "role-NAME" -> folder.
+    """
+    out = Path(out)
+    built: dict[str, Path] = {}
+    for role, names, default in (("segmenter", segmenters, "clipseg"), ("inpainter", inpainters, "sd")):
+        for name in names:
+            key = role if name == default else f"{role}-{name}"
+            built[key] = build_tiny_backend(role, name, out / key, seed)
+    return built

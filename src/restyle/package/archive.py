@@ -2,8 +2,11 @@
 
 Layout, files at the archive root (not inside a folder), as the platform expects:
 
-    model_index.json  feature_extractor/  scheduler/  text_encoder/  tokenizer/  unet/  vae/
-    segmenter/                 optional: a CLIPSeg folder, so requests can mask by text
+    model_index.json  and the component folders it lists, for any inpainter family:
+                      SD: feature_extractor/ scheduler/ text_encoder/ tokenizer/ unet/ vae/
+                      SDXL: + text_encoder_2/ tokenizer_2/;  FLUX.1 Fill: transformer/ in place of unet/,
+                      text_encoder_2/ (T5) tokenizer_2/;  Qwen-Image-Edit: transformer/ processor/ ...
+    segmenter/                 optional: a segmenter folder (CLIPSeg, SAM 3 or a clothes parser)
     styles/NAME/pytorch_lora_weights.safetensors   optional LoRA styles
     code/inference.py          model_fn / input_fn / predict_fn / output_fn
     code/requirements.txt      what the toolkit pip-installs before loading
@@ -27,7 +30,7 @@ import restyle
 from restyle.errors import InvalidParameterError, ModelLoadError
 from restyle.files import atomic_write
 
-REQUIRED = ("feature_extractor", "scheduler", "text_encoder", "tokenizer", "unet", "vae")
+REQUIRED = ("scheduler", "text_encoder", "vae")  # in every family's layout; model_index.json lists the rest
 # code/requirements.txt, installed over the serving image (docs/SERVING.md, "Which image"):
 # the libraries that load and run the models are pinned to the versions restyle runs here, because
 # models saved by them must be read by them (transformers 5.5.3, the image's own, reads a CLIP text
@@ -62,22 +65,44 @@ def _is_checkpoint(part: str) -> bool:
     return part.startswith("checkpoint-") or part.startswith("checkpoint_")
 
 
+def components(index: dict) -> list[str]:
+    """The component folders a model_index.json lists (entries set to null, like SD's safety checker, are
+    not loaded)."""
+    return sorted(
+        k
+        for k, v in index.items()
+        if not k.startswith("_") and isinstance(v, list) and len(v) == 2 and v[0] and v[1]
+    )
+
+
 def check_model_dir(model_dir: Path) -> None:
-    """A diffusers inpainting folder: model_index.json, the six component folders, a 9-channel UNet."""
+    """A diffusers inpainting folder of a family restyle runs: model_index.json and every component folder
+    it lists; SD and SDXL UNets must take 9 channels."""
+    from restyle.errors import ModelLoadError
+    from restyle.inpaint.families import family_of_class
+
     if not (model_dir / "model_index.json").is_file():
         raise ArchiveError(
             f"MODEL_DIR: {model_dir} has no model_index.json (not a diffusers pipeline folder)"
         )
-    missing = [name for name in REQUIRED if not (model_dir / name).is_dir()]
+    index = json.loads((model_dir / "model_index.json").read_text())
+    try:
+        family = family_of_class(str(index.get("_class_name")), str(model_dir))
+    except ModelLoadError as err:
+        raise ArchiveError(f"MODEL_DIR: {err}") from err
+    listed = [c for c in components(index) if c != "safety_checker"]
+    missing = [name for name in listed if not (model_dir / name).is_dir()]
     if missing:
         raise ArchiveError(
-            f"MODEL_DIR: {model_dir} lacks {', '.join(missing)}/ (the diffusers layout needs them)"
+            f"MODEL_DIR: {model_dir} lacks {', '.join(missing)}/ (its model_index.json lists them)"
         )
-    unet = json.loads((model_dir / "unet" / "config.json").read_text())
-    if unet.get("in_channels") != 9:
-        raise ArchiveError(
-            f"MODEL_DIR: the UNet takes {unet.get('in_channels')} input channels; an inpainting model takes 9"
-        )
+    if family.name in ("sd", "sdxl"):
+        unet = json.loads((model_dir / "unet" / "config.json").read_text())
+        if unet.get("in_channels") != 9:
+            raise ArchiveError(
+                f"MODEL_DIR: the UNet takes {unet.get('in_channels')} input channels; an inpainting model "
+                "takes 9"
+            )
 
 
 def _is_cache_blob(target: Path) -> bool:
@@ -271,9 +296,11 @@ def check_layout(names: list[str]) -> None:
     missing = [d for d in (*REQUIRED, "code") if d not in tops]
     if missing:
         raise ArchiveError(f"archive: missing {', '.join(m + '/' for m in missing)} at the root")
-    for need in ("code/inference.py", "code/requirements.txt", "unet/config.json"):
+    for need in ("code/inference.py", "code/requirements.txt"):
         if need not in names:
             raise ArchiveError(f"archive: missing {need}")
+    if not {"unet/config.json", "transformer/config.json"} & set(names):
+        raise ArchiveError("archive: missing unet/config.json or transformer/config.json (the denoiser)")
     checkpoints = sorted({p for n in names for p in n.split("/")[:-1] if _is_checkpoint(p)})
     if checkpoints:
         raise ArchiveError(

@@ -56,6 +56,8 @@ def model_fn(model_dir: str, context: Any = None) -> Service:
         inpainter=models.inpainter,
         device=worker_device(context),
         dtype=os.environ.get("RESTYLE_DTYPE", "auto"),
+        offload=os.environ.get("RESTYLE_OFFLOAD", ""),  # FLUX.1 Fill on a 24 GB GPU: model, or 4bit below
+        quantize=os.environ.get("RESTYLE_QUANTIZE", ""),
     )
     if models.segmenter:
         config = replace(config, segmenter=models.segmenter)

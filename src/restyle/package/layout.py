@@ -51,8 +51,7 @@ def loaded_modules(service: Any) -> dict[str, Any]:
     not read (and silently initialised at random) are caught.
     """
     engine = service.engine
-    pipe = engine.inpainter.pipe
-    modules = {name: getattr(pipe, name) for name in ("unet", "vae", "text_encoder")}
+    modules = dict(engine.inpainter.adapter.modules())
     if engine.config.segmenter and Path(str(engine.config.segmenter)).is_dir():
         model = getattr(engine.segmenter, "model", None)
         if model is not None:

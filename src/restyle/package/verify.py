@@ -36,20 +36,30 @@ def b64(img):
     buf = io.BytesIO(); img.save(buf, format="PNG"); return base64.b64encode(buf.getvalue()).decode()
 payload = {"inputs": "a red linen skirt", "input_img": b64(photo), "mask_img": b64(mask),
            "num_inference_steps": int(sys.argv[2]), "num_images_per_prompt": 2, "image_length": 64, "seed": 0}
+if len(sys.argv) > 3:  # mask by text through the packaged segmenter instead
+    payload.pop("mask_img"); payload["mask_prompt"] = sys.argv[3]
 body = inference.input_fn(json.dumps(payload), "application/json")
 out = json.loads(inference.output_fn(inference.predict_fn(body, model), "application/json"))
 images = [Image.open(io.BytesIO(base64.b64decode(b))) for b in out["generated_images"]]
 import restyle
+engine = model.engine
+segmenter = engine.segmenter_info() or {}
 print(json.dumps({"images": [[im.format, *im.size] for im in images], "seeds": out["seeds"],
-                  "restyle": restyle.__file__, "styles": sorted(model.styles)}))
+                  "restyle": restyle.__file__, "styles": sorted(model.styles),
+                  "family": engine.inpainter.family.name, "segmenter": segmenter.get("backend")}))
 """
 
 
-def drive(root: str | Path, steps: int = 2, timeout: float = 900.0) -> dict[str, Any]:
-    """Run the extracted archive's handler in a child process; returns what it produced."""
+def drive(
+    root: str | Path, steps: int = 2, timeout: float = 900.0, garment: str | None = None
+) -> dict[str, Any]:
+    """Run the extracted archive's handler in a child process; returns what it produced.
+
+    With `garment`, the request masks by that text through the packaged segmenter instead of a mask.
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(root), str(steps)],
+        [sys.executable, "-c", DRIVER, str(root), str(steps), *([garment] if garment else [])],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,9 +7,11 @@ scaled-down SD layout for CPU runs; `tiny` is restyle's preview model layout, fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from restyle.models.published_archs import ARCH_BUILDERS, PublishedArch
 from restyle.models.tiny import SD_SCHEDULER
 
 SD_VAE = dict(  # the SD 1.x / 2.x autoencoder (83 M parameters, 8x downsampling, 4 latent channels)
@@ -182,3 +184,8 @@ def build_segmenter_model(arch: Arch, *, seed: int = 0) -> tuple[Any, Any]:
 
 def parameter_count(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# The newer inpainter families at their published full size, as data the benchmark can name: each value
+# builds the family's denoiser, VAE and text encoder(s) on the meta device (restyle.models.published_archs).
+FAMILY_ARCHS: dict[str, Callable[[], PublishedArch]] = dict(ARCH_BUILDERS)

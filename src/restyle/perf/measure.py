@@ -1,4 +1,4 @@
-"""Timing, FLOP counting, matmul peak and memory: the benchmark's instruments.
+"""Timing, FLOP counting, matmul peak, memory and the device's name: the benchmarks' instruments.
 
 On CUDA every timing is taken with CUDA events after a synchronise, so queued kernels are counted; on
 the CPU with perf_counter. Each figure is the median of `repeats` runs after `warmup` runs.
@@ -6,6 +6,7 @@ the CPU with perf_counter. Each figure is the median of `repeats` runs after `wa
 
 from __future__ import annotations
 
+import platform
 import resource
 import statistics
 import sys
@@ -113,6 +114,16 @@ def process_peak_rss() -> int:
     """The process's resident-memory high-water mark in bytes (the CPU's only peak figure)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def device_label(device: Any = None) -> str:
+    """The GPU's name, or the CPU's architecture and torch's thread count (`device` None: cuda if present)."""
+    import torch
+
+    cuda = torch.cuda.is_available() if device is None else getattr(device, "type", device) == "cuda"
+    if cuda:
+        return torch.cuda.get_device_name(device if device is not None else 0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def matmul_peak(device: Any, dtype: Any, *, n: int | None = None, repeats: int = 5) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from restyle.perf.cases import Bench, BenchConfig, CaseResult
-from restyle.perf.measure import process_peak_rss
+from restyle.perf.measure import device_label, process_peak_rss
 
 Log = Callable[[str], None]
 
@@ -72,7 +72,6 @@ def environment(bench: Bench) -> dict[str, str]:
     import torch
     import transformers
 
-    from restyle.bench import device_label
     from restyle.perf.archs import parameter_count
 
     return {

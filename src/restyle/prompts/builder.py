@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from restyle.errors import InvalidParameterError
 from restyle.prompts.vocabulary import DEFAULT_NEGATIVE, QUALITY_SUFFIX
@@ -100,3 +101,24 @@ def build_prompt(
         words.append(QUALITY_SUFFIX)
     neg = DEFAULT_NEGATIVE if negative is None else parts["negative"]
     return Prompt(text=", ".join(words), negative=neg)
+
+
+KEEP = "Keep the person, the pose, the face and everything else as they are."
+
+
+def build_instruction(target: str | list[str] | None = None, **attributes: Any) -> Prompt:
+    """An edit instruction for instruction editors (Qwen-Image-Edit): "Replace the dress with a long red
+    linen skirt, casual vacation look. Keep the person, ...".
+
+    Args:
+        target: what to change, as the garment prompt(s) of the mask ("the dress"); None: "the garment".
+        **attributes: as `build_prompt` (garment, text, style, pattern, color, fabric, fit, length,
+            negative); the subject and the quality suffix are left out, an editor needs neither.
+
+    Returns:
+        The Prompt. Raises InvalidParameterError if nothing was given to describe.
+    """
+    described = build_prompt(**attributes, subject=None, quality=False)
+    names = [target] if isinstance(target, str) else list(target or [])
+    what = " and ".join(_clean("garment", t) for t in names if t and t.strip()) or "the garment"
+    return Prompt(text=f"Replace {what} with {described.text}. {KEEP}", negative=described.negative)

@@ -1,12 +1,17 @@
 """The segmenter interface: text prompts in, a refined garment mask out.
 
-Every backend implements `logits(image, texts)`; prompt ensembling, protection and mask refinement
-are shared here so that every segmenter gives the same `MaskResult` for the same parameters.
+Every backend implements `logits(image, texts)`, or, where its model gives probabilities rather than logits
+(SAM 3, a parser), overrides `role_probabilities(image, garments, guards, params)`; prompt ensembling,
+protection and mask refinement are shared here so that every segmenter gives the same `MaskResult` for the
+same parameters.
+
+A backend may declare `default_templates`: they replace `MaskParams`' default templates (a request that
+leaves the templates at their default gets the backend's own); templates a caller sets are used as given.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,6 +55,9 @@ class MaskParams:
             )
         if not self.templates or any("{}" not in t for t in self.templates):
             raise InvalidParameterError("templates: each template must contain '{}'", field="templates")
+
+
+_DEFAULT_TEMPLATES = MaskParams().templates
 
 
 def _in_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -97,11 +105,13 @@ def clean_prompts(name: str, prompts: str | list[str] | tuple[str, ...] | None) 
 
 
 class BaseSegmenter:
-    """Shared `segment()` on top of a backend's `logits()`."""
+    """Shared `segment()` on top of a backend's `logits()` (or its own `role_probabilities()`)."""
 
     name = "base"
     model_id = ""
     preview = False  # True for the tiny-model preview: its masks are placeholders
+    license = ""  # the weights' licence as their publisher states it; "" where the backend does not say
+    default_templates: tuple[str, ...] | None = None  # the backend's own prompt templates; None: MaskParams'
 
     def logits(self, image: Image.Image, texts: list[str]) -> np.ndarray:
         """Per-text logits at the image's own size: (len(texts), H, W) float32."""
@@ -113,6 +123,34 @@ class BaseSegmenter:
         """Logits of the garment texts and of the protect texts, from one backend call."""
         out = self.logits(image, [*garments, *guards])
         return out[: len(garments)], out[len(garments) :]
+
+    def role_probabilities(
+        self, image: Image.Image, garments: tuple[str, ...], guards: tuple[str, ...], params: MaskParams
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-pixel probabilities of the garment prompts (P, H, W) and the protect prompts (Q, H, W).
+
+        The default templates each prompt (`params.templates`), averages its logits over the templates and
+        applies `params.activation`. A backend whose model gives probabilities overrides this.
+        """
+        templated = [
+            [t.format(p) for p in prompts for t in params.templates] for prompts in (garments, guards)
+        ]
+        g_logits, p_logits = self.role_logits(image, *templated)  # (P * T, H, W), (Q * T, H, W)
+        n_t = len(params.templates)
+        g_probs = ops.activate(
+            g_logits.reshape(len(garments), n_t, *g_logits.shape[1:]).mean(1), params.activation
+        )
+        p_probs = ops.activate(
+            p_logits.reshape(len(guards), n_t, *p_logits.shape[1:]).mean(1), params.activation
+        )
+        return g_probs, p_probs
+
+    def resolve_params(self, params: MaskParams | None) -> MaskParams:
+        """`params` (default MaskParams()), the backend's own templates where they were left at default."""
+        params = params or MaskParams()
+        if self.default_templates is not None and params.templates == _DEFAULT_TEMPLATES:
+            params = replace(params, templates=self.default_templates)
+        return params
 
     def segment(
         self,
@@ -133,7 +171,7 @@ class BaseSegmenter:
         Returns:
             MaskResult. Raises NoGarmentFoundError when nothing passes the threshold.
         """
-        params = params or MaskParams()
+        params = self.resolve_params(params)
         params.check()
         garments = clean_prompts("garment", prompts)
         if not garments:
@@ -141,17 +179,7 @@ class BaseSegmenter:
                 "garment: give at least one garment prompt, e.g. 'the dress'", field="garment"
             )
         guards = clean_prompts("protect", params.protect if protect is None else protect)
-        templated = [
-            [t.format(p) for p in prompts for t in params.templates] for prompts in (garments, guards)
-        ]
-        g_logits, p_logits = self.role_logits(image, *templated)  # (P * T, H, W), (Q * T, H, W)
-        n_t = len(params.templates)
-        g_probs = ops.activate(
-            g_logits.reshape(len(garments), n_t, *g_logits.shape[1:]).mean(1), params.activation
-        )
-        p_probs = ops.activate(
-            p_logits.reshape(len(guards), n_t, *p_logits.shape[1:]).mean(1), params.activation
-        )
+        g_probs, p_probs = self.role_probabilities(image, garments, guards, params)
         result = refine(g_probs, p_probs, garments, guards, params)
         result.preview = self.preview
         return result

@@ -33,6 +33,7 @@ class ClipSegSegmenter(BaseSegmenter):
     """CLIPSegForImageSegmentation + CLIPSegProcessor (`CIDAS/clipseg-rd64-refined` or a local folder)."""
 
     name = "clipseg"
+    license = "Apache-2.0"  # CIDAS/clipseg-rd64-refined's model card (the original code is MIT)
 
     def __init__(self, model: Any, processor: Any, model_id: str = "") -> None:
         self.model = model.eval()

@@ -6,13 +6,16 @@ tried in preview mode. Here its logits (standardised, so they still shape the ma
 still runs) are added to a fixed layout of a standing person: garment prompts score high over the torso
 and hips, protect prompts over the head.
 The masks this gives are placeholders, labelled `preview` in every MaskResult; they say nothing about
-the photo. Real weights never go through this class.
+the photo. Real weights never go through this class. The tiny SAM 3 and clothes-parser previews
+(`PreviewSam3Segmenter`, `PreviewClothesParser`) lay the same layout over their probabilities with
+`preview_probabilities`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from scipy import special
 
 from restyle.segment.clipseg import ClipSegSegmenter
 
@@ -53,3 +56,34 @@ class PreviewClipSegSegmenter(ClipSegSegmenter):
         if len(guards):
             p = layout_logits(image.size, PROTECT_LAYOUT) + MODEL_WEIGHT * _standardised(guard_logits)
         return g.astype(np.float32), np.asarray(p, dtype=np.float32)
+
+
+def _probability_logits(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(probs.astype(np.float32), 1e-4, 1.0 - 1e-4)
+    return np.log(p / (1.0 - p))
+
+
+def preview_probabilities(
+    size: tuple[int, int], garment_probs: np.ndarray, guard_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The placeholder layout for a tiny model that gives probabilities (SAM 3, a clothes parser).
+
+    As for CLIPSeg: the model's own output (as logits, standardised) moves the edge of the layout, garment
+    prompts score high over the torso and hips, protect prompts over the head; a model that finds nothing
+    (a random SAM 3 detects no instance) leaves the plain layout.
+
+    Args:
+        size: the photo's (W, H).
+        garment_probs: the tiny model's garment probabilities (P, H, W).
+        guard_probs: its protect probabilities (Q, H, W); Q may be 0.
+
+    Returns:
+        Garment and protect probabilities of the same shapes.
+    """
+    shift = MODEL_WEIGHT * _standardised(_probability_logits(garment_probs))
+    g = layout_logits(size, GARMENT_LAYOUT) + shift
+    p = np.asarray(guard_probs, dtype=np.float32)
+    if len(guard_probs):
+        shift = MODEL_WEIGHT * _standardised(_probability_logits(guard_probs))
+        p = special.expit(layout_logits(size, PROTECT_LAYOUT) + shift)
+    return special.expit(g).astype(np.float32), p.astype(np.float32)

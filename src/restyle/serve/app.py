@@ -240,13 +240,16 @@ def _load(state: ServerState, factory: Callable[[ServerSettings], Service]) -> N
 def _model_info(service: Service) -> dict[str, Any]:
     engine = service.engine
     inp = engine.inpainter
+    denoiser = inp.adapter.denoiser
     return {
         "segmenter": engine.config.segmenter,
         "inpainter": engine.config.inpainter,
         "preview": service.preview,
         "device": str(inp.pipe.device),
-        "dtype": str(inp.pipe.unet.dtype).removeprefix("torch."),
+        "dtype": str(denoiser.dtype).removeprefix("torch."),
         "native_size": inp.native_size,
+        "backend": inp.describe(),
+        "segmenter_backend": engine.segmenter_info(),
     }
 
 

@@ -24,6 +24,7 @@ from restyle.inpaint.params import StyleParams
 from restyle.inpaint.pipeline import Prepared, Progress, StyleResult
 from restyle.outputs import png_info, save_png, save_result
 from restyle.prompts import DEFAULT_NEGATIVE, DEFAULT_PROTECT, Prompt, build_prompt
+from restyle.prompts.builder import build_instruction
 from restyle.segment import MaskParams, MaskResult
 from restyle.segment.ops import overlay
 from restyle.serve.schemas import InvocationRequest, MaskOptions, PromptFields, SegmentRequest, StyleRequest
@@ -127,14 +128,18 @@ def _resize_long_side(img: Image.Image, long_side: int, resample: Image.Resampli
     return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), resample)
 
 
-def request_prompt(req: PromptFields) -> Prompt:
-    """The inpainting prompt of a style request: verbatim (`raw`) or built from its attributes."""
+def request_prompt(req: PromptFields, mode: str = "describe", target: Any = None) -> Prompt:
+    """The inpainting prompt of a style request: verbatim (`raw`) or built from its attributes.
+
+    `mode` is the inpainter family's: "describe" builds a description of the new garment, "instruction"
+    an edit instruction naming `target` (the request's garment text) for instruction editors.
+    """
     negative = req.negative_prompt
     if req.raw:
         if not req.prompt or not req.prompt.strip():
             raise InvalidParameterError("prompt: required when raw is true", field="prompt")
         return Prompt(req.prompt, DEFAULT_NEGATIVE if negative is None else negative)
-    return build_prompt(
+    attributes: dict[str, Any] = dict(
         garment=req.garment_type,
         text=req.prompt,
         style=req.design_style,
@@ -145,6 +150,9 @@ def request_prompt(req: PromptFields) -> Prompt:
         length=req.length,
         negative=negative,
     )
+    if mode == "instruction":
+        return build_instruction(target, **attributes)
+    return build_prompt(**attributes)
 
 
 @dataclass
@@ -203,7 +211,9 @@ class Service:
 
         inpainter = self.engine.inpainter
         if is_available(self.engine.config.segmenter):  # a packaged model may come without a segmenter
-            self.engine.segmenter.logits(Image.new("RGB", (64, 64), (200, 180, 160)), ["a dress"])
+            seg = self.engine.segmenter
+            blank = Image.new("RGB", (64, 64), (200, 180, 160))
+            seg.role_probabilities(blank, ("the dress",), ("face",), seg.resolve_params(None))
         native = inpainter.native_size
         runs = [(shape, n) for shape in bucket_shapes(native, inpainter.bucket) for n in WARM_IMAGES]
         for (width, height), n in runs if inpainter.bucket else [((native, native), 1)]:
@@ -211,7 +221,12 @@ class Service:
             mask = Image.new("L", (width, height), 0)
             mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
             params = StyleParams(
-                prompt="warm-up", steps=1, num_images=n, seed=0, crop=False, size=max(width, height)
+                prompt="warm-up",
+                steps=inpainter.family.limits.min_steps,
+                num_images=n,
+                seed=0,
+                crop=False,
+                size=max(width, height),
             )
             inpainter.run(photo, mask, params)
 
@@ -318,7 +333,7 @@ class Service:
         photo, mask, garment = self._inputs(
             ("image", req.image), ("mask", req.mask), ("garment", req.garment), blame="garment"
         )
-        prompt = request_prompt(req)
+        prompt = request_prompt(req, self.engine.inpainter.family.mode, garment)
         params = StyleParams(
             prompt=prompt.text,
             negative_prompt=prompt.negative,

@@ -336,8 +336,10 @@ async def job_file(job_id: str, name: str, request: Request) -> FileResponse:
 
 
 @v1.post("/prompt", response_model=PromptResponse, summary="The prompt a style request would run (no images)")
-async def prompt(req: PromptRequest) -> Any:
-    built = request_prompt(req)
+async def prompt(req: PromptRequest, request: Request) -> Any:
+    state = _state(request)
+    mode = state.info.get("backend", {}).get("mode", "describe") if state.ready else "describe"
+    built = request_prompt(req, mode, getattr(req, "garment", None))
     return {"prompt": built.text, "negative_prompt": built.negative}
 
 
@@ -358,7 +360,7 @@ def _limits(settings: Any) -> dict[str, Any]:
         "max_pixels": settings.max_pixels,
         "steps": [1, p.MAX_STEPS],
         "num_images": [1, p.MAX_IMAGES],
-        "guidance": [0.0, p.MAX_GUIDANCE],
+        "guidance": [0.0, p.MAX_GUIDANCE],  # the widest; the loaded model's own: backend.limits
         "seed": [0, p.MAX_SEED],
         "size": [p.MIN_SIZE, p.MAX_SIZE],
         "grow": [-MAX_GROW, MAX_GROW],

@@ -65,8 +65,16 @@ class InvocationRequest(Strict):
     mask_img: Base64Image | None = Field(
         None, description="The mask (white = repaint) as base64; or give `mask_prompt` instead."
     )
-    num_inference_steps: int = Field(25, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(6.5, ge=0.0, le=MAX_GUIDANCE)
+    num_inference_steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="null: the model's default (SD 25, FLUX / Qwen 50)."
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        description="null: the model's default (SD CFG 6.5, FLUX distilled 30, Qwen true CFG 4); each model "
+        "family's range is in GET /v1/models.",
+    )
     num_images_per_prompt: int = Field(2, ge=1, le=MAX_IMAGES)
     image_length: int = Field(
         512,
@@ -142,6 +150,10 @@ class PromptFields(Strict):
 class PromptRequest(PromptFields):
     """POST /v1/prompt: the prompt a style request with these fields would run (no image work)."""
 
+    garment: Text | PromptList | None = Field(
+        None, description="What to change ('the dress'): instruction models' prompts name it."
+    )
+
 
 class PromptResponse(BaseModel):
     prompt: str
@@ -159,8 +171,10 @@ class StyleRequest(PromptFields):
     mask_options: MaskOptions = Field(default_factory=MaskOptions)
     num_images: int = Field(2, ge=1, le=MAX_IMAGES)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    steps: int = Field(25, ge=1, le=MAX_STEPS)
-    guidance: float = Field(6.5, ge=0.0, le=MAX_GUIDANCE)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="null: the model's default.")
+    guidance: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE, description="null: the model's default; its range: GET /v1/models."
+    )
     scheduler: Scheduler = "euler"  # type: ignore[valid-type]
     size: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="Working long side.")
     style: str | None = Field(None, max_length=64, description="A loaded LoRA style (GET /v1/styles).")

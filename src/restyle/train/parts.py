@@ -44,6 +44,15 @@ def load_parts(base: str, device: Any) -> Parts:
     import torch
     from diffusers import DDPMScheduler, StableDiffusionInpaintPipeline
 
+    from restyle.inpaint.families import family_for
+
+    family = family_for(base)
+    if not family.trainable:
+        raise InvalidParameterError(
+            f"base: {base} is a {family.name} model; restyle fine-tunes the SD family (SD 1.5 / SD 2 "
+            f"inpainting) only. {family.name} models take LoRAs trained elsewhere as styles (--lora).",
+            field="base",
+        )
     pipe = load_pretrained(
         StableDiffusionInpaintPipeline,
         base,

@@ -82,6 +82,20 @@ export function applyLimits(limits) {
   $("grow").max = Math.min(128, limits.grow[1]);
 }
 
+/** The loaded model family's own ranges and defaults (GET /v1/models `backend.limits`). */
+export function applyBackend(backend) {
+  const limits = backend.limits;
+  const guidance = $("guidance");
+  [guidance.min, guidance.max] = limits.guidance;
+  guidance.value = limits.guidance_default;
+  guidance.title = limits.guidance_means;
+  $("steps").value = limits.steps_default;
+  const negative = $("negative_prompt");
+  negative.disabled = !limits.negative_prompt;
+  negative.title = limits.negative_prompt ? "" : "This model has no negative prompt (its guidance is distilled)";
+  if (!limits.negative_prompt) negative.value = "";
+}
+
 /** Everything the controls hold, as one plain object (saved in history, restored by `restore`). */
 export function collect() {
   const state = {};
@@ -128,7 +142,8 @@ export function segmentBody(state) {
 
 /** POST /v1/prompt body: the attributes and free text. */
 export function promptBody(state) {
-  const body = { prompt: state.details || null, color: state.color || null };
+  // garment: what to change; instruction editors' prompts name it ("Replace the dress with ...")
+  const body = { prompt: state.details || null, color: state.color || null, garment: state.garment || null };
   for (const id of ATTRIBUTES) body[id] = state[id] || null;
   return body;
 }

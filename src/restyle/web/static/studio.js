@@ -67,6 +67,8 @@ async function loadModels() {
     const models = await api("/v1/models");
     state.limits = { ...state.limits, ...models.limits };
     form.applyLimits(state.limits);
+    if (models.backend) form.applyBackend(models.backend);
+    showBackend(models);
     $("preview-banner").hidden = !models.preview;
     const where = `${models.device}, ${models.native_size} px`;
     setStatus(models.preview ? `Ready: PREVIEW MODE, tiny random models (${where})` : `Ready: ${models.inpainter} (${where})`, "ok");
@@ -85,6 +87,19 @@ async function loadModels() {
   state.ready = true;
   $("server-status").dataset.ready = "true";
   return true;
+}
+
+/** Which model families run, their licence and mode: a user must know a non-commercial model is loaded. */
+function showBackend(models) {
+  const b = models.backend;
+  const info = $("backend-info");
+  if (!b) return;
+  const seg = models.segmenter_backend ? ` · masks: ${models.segmenter_backend.backend}` : "";
+  const mode = b.mode === "instruction" ? " · instruction editor: the prompt is an edit" : "";
+  const licence = b.commercial_use ? b.license : `${b.license}: not for commercial use`;
+  info.textContent = `Inpainter: ${b.family} (${licence})${mode}${seg}`;
+  info.className = b.commercial_use ? "status" : "status bad";
+  info.hidden = false;
 }
 
 function setStatus(text, kind = "") {

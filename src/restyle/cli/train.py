@@ -13,9 +13,11 @@ from typing import Annotated, Any
 
 import typer
 
-from restyle.cli import _quiet, app
+from restyle.cli.base import quiet
 from restyle.config import DEFAULT_INPAINTER, DEFAULT_SEGMENTER
 from restyle.errors import InvalidParameterError, RestyleError
+
+commands = typer.Typer()  # restyle.cli adds these to its app
 
 DEFAULT_LR = {"dreambooth": 2e-6, "lora": 1e-4}  # full fine-tuning needs a far smaller step than adapters
 
@@ -47,7 +49,7 @@ REFUSED = {
 }
 
 
-@app.command(no_args_is_help=True, context_settings={"token_normalize_func": _dashes})
+@commands.command(no_args_is_help=True, context_settings={"token_normalize_func": _dashes})
 def train(
     ctx: typer.Context,
     mode: Annotated[str, typer.Argument(help="dreambooth (full model) or lora (adapters).")],
@@ -273,7 +275,7 @@ def _train(opts: dict[str, Any]) -> None:
 
     config = _config(_models(_reference_flags(opts)))
     _check_available(config)
-    _quiet()
+    quiet()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file save messages drown ours
     result = Trainer(config, progress_bar=not opts["quiet"]).run()
@@ -285,7 +287,7 @@ def _train(opts: dict[str, Any]) -> None:
         )
 
 
-@app.command(no_args_is_help=True)
+@commands.command(no_args_is_help=True)
 def captions(
     instance_dir: Annotated[Path, typer.Argument(help="The training photos.")],
     overwrite: Annotated[
@@ -301,96 +303,3 @@ def captions(
 
     out = write_caption_template(instance_dir, overwrite=overwrite)
     typer.echo(f"wrote {out}: fill in style, length, fit, color, pattern, fabric (see `restyle vocab`)")
-
-
-bench_app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode=None, help="Benchmarks; figures go to docs/PERFORMANCE.md."
-)
-app.add_typer(bench_app, name="bench")
-
-
-@bench_app.command("train")
-def bench_train(
-    base: Annotated[
-        str | None, typer.Option(help="Base inpainting model (default: tiny, built here).")
-    ] = None,
-    resolution: Annotated[int | None, typer.Option(help="Training side (default 512, tiny: 64).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps per configuration.")] = 20,
-    write: Annotated[Path | None, typer.Option(help="Update this markdown file's training section.")] = None,
-) -> None:
-    """Time both training modes, with and without the text encoder (reference configuration)."""
-    import tempfile
-
-    from restyle.bench import bench_train as run
-    from restyle.bench import train_table, write_section
-    from restyle.models.tiny import TINY_IMAGE_SIZE, build_tiny_inpainter
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if base is None:
-            base = str(build_tiny_inpainter(Path(tmp) / "inpainter"))
-            resolution = resolution or TINY_IMAGE_SIZE
-            label = "tiny random inpainter (restyle models tiny)"
-        else:
-            label = base
-        figures, env = run(base, resolution or 512, steps)
-        env["base"] = label
-    table = train_table(figures, env)
-    typer.echo(table)
-    if write is not None:
-        write_section(write, table)
-        typer.echo(f"updated {write}")
-
-
-@bench_app.command("infer")
-def bench_infer(
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            help="sd2, sd15 (full size, random weights), small or tiny. Default: sd2 on a GPU, small on CPU."
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cuda, cpu, ...")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")] = "auto",
-    fast: Annotated[
-        str,
-        typer.Option(
-            help="restyle's speed-ups: channels_last, fuse_qkv, compile (comma-separated), all, or ''."
-        ),
-    ] = "channels_last,fuse_qkv",
-    repeats: Annotated[int | None, typer.Option(help="Timed runs per case (median reported).")] = None,
-    quick: Annotated[
-        bool, typer.Option("--quick/--full", help="Small sizes and few steps (the default without a GPU).")
-    ] = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write every figure here as JSON.")] = None,
-    write: Annotated[Path | None, typer.Option(help="Update this markdown file's inference section.")] = None,
-) -> None:
-    """Time the original recipe against restyle's path on the real architectures (random weights)."""
-    from dataclasses import replace
-
-    from restyle.bench import write_section
-    from restyle.inpaint.fast import FastOptions
-    from restyle.perf.archs import ARCHS
-    from restyle.perf.cases import BenchConfig
-    from restyle.perf.report import markdown, run_all, write_json
-    from restyle.runtime import resolve_device
-
-    FastOptions.parse(fast)
-    if arch is not None and arch not in (*ARCHS, "tiny"):
-        raise InvalidParameterError(
-            f"arch: unknown {arch!r}; choose from {', '.join((*ARCHS, 'tiny'))}", field="arch"
-        )
-    gpu = resolve_device(device).type == "cuda"
-    config = BenchConfig.for_cpu(arch or "small") if quick or not gpu else BenchConfig(arch=arch or "sd2")
-    config = replace(config, device=device, dtype=dtype, fast=fast, repeats=repeats or config.repeats)
-    result = run_all(config, log=lambda line: typer.echo(line, err=True))
-    table = markdown(result)
-    typer.echo(table)
-    if json_out is not None:
-        write_json(result, json_out)
-        typer.echo(f"wrote {json_out}")
-    if write is not None:
-        write_section(write, table, name=f"infer-{config.arch}")  # one section per model layout
-        typer.echo(f"updated {write}")
-    if not result["equivalence"]["passed"]:
-        typer.echo("equivalence FAILED: the fast path's images differ from the plain pipeline's", err=True)
-        raise typer.Exit(1)

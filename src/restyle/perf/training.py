@@ -1,4 +1,4 @@
-"""Benchmarks whose numbers go to docs/PERFORMANCE.md, with the device and library versions.
+"""The fine-tuning benchmark: figures for docs/PERFORMANCE.md, with the device and library versions.
 
 `restyle bench train` times the reference fine-tuning configuration (batch 1, gradient checkpointing,
 8-bit Adam where bitsandbytes is installed, with and without the text encoder) for both modes. Each
@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from restyle.perf.measure import device_label
 from restyle.train.tracking import read_log
-
-
-def markers(name: str) -> tuple[str, str]:
-    """The comments around a benchmark's section of docs/PERFORMANCE.md."""
-    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-
-
-BEGIN, END = markers("train")
 
 
 @dataclass
@@ -141,16 +132,6 @@ def environment(base: str, resolution: int) -> dict[str, str]:
     }
 
 
-def device_label(device: Any = None) -> str:
-    """The GPU's name, or the CPU's architecture and torch's thread count (`device` None: cuda if present)."""
-    import torch
-
-    cuda = torch.cuda.is_available() if device is None else getattr(device, "type", device) == "cuda"
-    if cuda:
-        return torch.cuda.get_device_name(device if device is not None else 0)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def _bnb_version() -> str:
     try:
         import bitsandbytes
@@ -175,16 +156,3 @@ def train_table(figures: list[TrainFigure], env: dict[str, str]) -> str:
             f"| {f.peak_mb:,.0f} MB ({f.memory_kind}) |"
         )
     return "\n".join(rows)
-
-
-def write_section(doc: Path, body: str, name: str = "train") -> None:
-    """Replace the text between the `<!-- bench:NAME -->` markers in `doc` (appending them if absent)."""
-    begin, end = markers(name)
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
