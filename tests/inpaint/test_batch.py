@@ -126,7 +126,7 @@ def test_buckets_give_nearby_aspects_one_shape_and_keep_the_photo_exact(fresh):
 
 
 def test_fast_buckets_option_sets_the_inpainter_bucket(tiny_models):
-    from restyle.inpaint.pipeline import BUCKET
+    from restyle.inpaint.loading import BUCKET
 
     plain = Inpainter.from_pretrained(str(tiny_models["inpainter"]), device="cpu")
     bucketed = Inpainter.from_pretrained(str(tiny_models["inpainter"]), device="cpu", fast="buckets")

@@ -26,7 +26,9 @@ class Recorder:
     """A stand-in inpainter: records the working sizes warm-up asks for."""
 
     def __init__(self, native: int, bucket: int) -> None:
-        self.native_size, self.bucket = native, bucket
+        from restyle.inpaint.families import SD
+
+        self.native_size, self.bucket, self.family = native, bucket, SD
         self.runs: list[tuple[tuple[int, int], int]] = []
 
     def run(self, photo: Image.Image, mask: Image.Image, params: Any) -> None:

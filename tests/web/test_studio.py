@@ -137,6 +137,11 @@ def test_page_loads_with_preview_banner(page: Any, live_server: LiveServer) -> N
     assert page.locator("#colors input[type=radio]").count() == 19
     assert page.locator("#style option[value=linen]").count() == 1
     assert page.locator("#key-form").is_hidden()
+    # which backends run, their licence, and the loaded family's own guidance range and default
+    info = page.inner_text("#backend-info")
+    assert "Inpainter: sd (CreativeML" in info and "masks: clipseg" in info
+    assert (page.get_attribute("#guidance", "max"), page.input_value("#guidance")) == ("30", "6.5")
+    assert page.is_enabled("#negative_prompt")
     screenshot(page, "01-start")
 
 

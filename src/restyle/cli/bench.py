@@ -51,7 +51,8 @@ def bench_infer(
     arch: Annotated[
         str | None,
         typer.Option(
-            help="sd2, sd15 (full size, random weights), small or tiny. Default: sd2 on a GPU, small on CPU."
+            help="sd2, sd15 (full size, random weights), small or tiny; or a newer family at full size: "
+            "sdxl, flux-fill, qwen-edit (its tiny model without a GPU). Default: sd2 on a GPU, small on CPU."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cpu, ...")] = "auto",
@@ -73,18 +74,20 @@ def bench_infer(
     from dataclasses import replace
 
     from restyle.inpaint.fast import FastOptions
-    from restyle.perf.archs import ARCHS
+    from restyle.perf.archs import ARCHS, FAMILY_ARCHS
     from restyle.perf.cases import BenchConfig
     from restyle.perf.report import markdown, run_all, write_json
     from restyle.perf.sections import write_section
     from restyle.runtime import resolve_device
 
     FastOptions.parse(fast)
-    if arch is not None and arch not in (*ARCHS, "tiny"):
-        raise InvalidParameterError(
-            f"arch: unknown {arch!r}; choose from {', '.join((*ARCHS, 'tiny'))}", field="arch"
-        )
+    known = (*ARCHS, "tiny", *FAMILY_ARCHS)
+    if arch is not None and arch not in known:
+        raise InvalidParameterError(f"arch: unknown {arch!r}; choose from {', '.join(known)}", field="arch")
     gpu = resolve_device(device).type == "cuda"
+    if arch in FAMILY_ARCHS:
+        _bench_family(arch, device, dtype, gpu and not quick, repeats, json_out, write)
+        return
     config = BenchConfig.for_cpu(arch or "small") if quick or not gpu else BenchConfig(arch=arch or "sd2")
     config = replace(config, device=device, dtype=dtype, fast=fast, repeats=repeats or config.repeats)
     result = run_all(config, log=lambda line: typer.echo(line, err=True))
@@ -99,3 +102,31 @@ def bench_infer(
     if not result["equivalence"]["passed"]:
         typer.echo("equivalence FAILED: the fast path's images differ from the plain pipeline's", err=True)
         raise typer.Exit(1)
+
+
+def _bench_family(
+    arch: str,
+    device: str,
+    dtype: str,
+    full: bool,
+    repeats: int | None,
+    json_out: Path | None,
+    write: Path | None,
+) -> None:
+    """`bench infer --arch sdxl|flux-fill|qwen-edit`: restyle's path on that family (perf/families.py)."""
+    from restyle.perf.families import FamilyBench, family_table, run_family
+    from restyle.perf.report import write_json
+    from restyle.perf.sections import write_section
+
+    bench = FamilyBench(arch, device=device, dtype=dtype, full=full, repeats=repeats or (3 if full else 2))
+    if not full:
+        bench = FamilyBench(arch, device=device, dtype=dtype, full=False, steps=2, repeats=bench.repeats)
+    result = run_family(bench, log=lambda line: typer.echo(line, err=True))
+    table = family_table(result)
+    typer.echo(table)
+    if json_out is not None:
+        write_json(result, json_out)
+        typer.echo(f"wrote {json_out}")
+    if write is not None:
+        write_section(write, table, name=f"infer-{arch}")
+        typer.echo(f"updated {write}")

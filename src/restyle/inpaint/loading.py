@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from restyle.config import check_memory_options
@@ -10,6 +11,7 @@ from restyle.inpaint.families import Family, family_for
 from restyle.models.hub import load_pretrained
 from restyle.runtime import resolve_device, resolve_dtype
 
+log = logging.getLogger("restyle")
 BUCKET = 64  # shape bucket (pixels) of fast=buckets / compile: at 512 px, 8 x 8 crop shapes, not 64 x 64
 QUANTIZED_PARTS = {  # the big components of each family: what a 4-/8-bit load shrinks
     "sd": ("unet",),
@@ -94,6 +96,9 @@ def load_pipeline(
             field="fast",
         )
     dev = resolve_device(device)
+    if (offload or quantize) and dev.type != "cuda":  # both trade GPU memory; a CPU run has none to save
+        log.warning("offload/quantize: ignored on %s (they save GPU memory)", dev.type)
+        offload = quantize = ""
     if dtype == "auto" and dev.type == "cuda" and family.name in ("flux-fill", "qwen-edit"):
         dtype = "bf16"
     torch_dtype = resolve_dtype(dtype, dev)

@@ -54,18 +54,29 @@ def _transformers(cls_name: str, config_cls: str, folder: Path) -> Any:
     return getattr(transformers, cls_name)(config)
 
 
-def _on_meta(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _on_meta(build: Callable[[], dict[str, Any]], device: str = "meta", dtype: Any = None) -> dict[str, Any]:
+    """Run `build` with every parameter created on `device` ("meta": no storage at all) in `dtype`."""
     import torch
 
-    with torch.device("meta"):  # every parameter and buffer is created without storage
-        return build()
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)  # built in bf16 / fp16 directly: a 20 B model never exists in fp32
+    try:
+        with torch.device(device):
+            return build()
+    finally:
+        torch.set_default_dtype(previous)
 
 
-def build_sdxl_arch() -> PublishedArch:
+def build_sdxl_arch(device: str = "meta", dtype: Any = None) -> PublishedArch:
     """SDXL inpainting 0.1: 9-channel UNet, SDXL VAE, CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text encoders.
 
+    Args:
+        device, dtype: where and in what the components are built ("meta": shapes only; the benchmark
+            builds them on the GPU with random weights).
+
     Returns:
-        The four components (`unet`, `vae`, `text_encoder`, `text_encoder_2`) on the meta device.
+        The four components (`unet`, `vae`, `text_encoder`, `text_encoder_2`) on `device`.
     """
     folder = SDXL_INPAINTING
 
@@ -79,14 +90,17 @@ def build_sdxl_arch() -> PublishedArch:
             ),
         }
 
-    return PublishedArch("sdxl", "StableDiffusionXLInpaintPipeline", _on_meta(build))
+    return PublishedArch("sdxl", "StableDiffusionXLInpaintPipeline", _on_meta(build, device, dtype))
 
 
-def build_flux_fill_arch() -> PublishedArch:
+def build_flux_fill_arch(device: str = "meta", dtype: Any = None) -> PublishedArch:
     """FLUX.1 Fill [dev]: the 384-channel FLUX.1 transformer, the 16-channel VAE, CLIP ViT-L/14 and T5-XXL.
 
+    Args:
+        device, dtype: as `build_sdxl_arch`.
+
     Returns:
-        The four components (`transformer`, `vae`, `text_encoder`, `text_encoder_2`) on the meta device.
+        The four components (`transformer`, `vae`, `text_encoder`, `text_encoder_2`) on `device`.
     """
     folder = FLUX_FILL
 
@@ -98,14 +112,17 @@ def build_flux_fill_arch() -> PublishedArch:
             "text_encoder_2": _transformers("T5EncoderModel", "T5Config", folder / "text_encoder_2"),
         }
 
-    return PublishedArch("flux-fill", "FluxFillPipeline", _on_meta(build))
+    return PublishedArch("flux-fill", "FluxFillPipeline", _on_meta(build, device, dtype))
 
 
-def build_qwen_edit_arch() -> PublishedArch:
+def build_qwen_edit_arch(device: str = "meta", dtype: Any = None) -> PublishedArch:
     """Qwen-Image-Edit: the 60-layer Qwen-Image MMDiT, its VAE and Qwen2.5-VL-7B (vision tower included).
 
+    Args:
+        device, dtype: as `build_sdxl_arch`.
+
     Returns:
-        The three components (`transformer`, `vae`, `text_encoder`) on the meta device.
+        The three components (`transformer`, `vae`, `text_encoder`) on `device`.
     """
     folder = QWEN_IMAGE_EDIT
 
@@ -118,10 +135,10 @@ def build_qwen_edit_arch() -> PublishedArch:
             ),
         }
 
-    return PublishedArch("qwen-edit", "QwenImageEditInpaintPipeline", _on_meta(build))
+    return PublishedArch("qwen-edit", "QwenImageEditInpaintPipeline", _on_meta(build, device, dtype))
 
 
-ARCH_BUILDERS: dict[str, Callable[[], PublishedArch]] = {
+ARCH_BUILDERS: dict[str, Callable[..., PublishedArch]] = {  # (device="meta", dtype=None) -> PublishedArch
     "sdxl": build_sdxl_arch,
     "flux-fill": build_flux_fill_arch,
     "qwen-edit": build_qwen_edit_arch,

@@ -188,4 +188,4 @@ def parameter_count(module: Any) -> int:
 
 # The newer inpainter families at their published full size, as data the benchmark can name: each value
 # builds the family's denoiser, VAE and text encoder(s) on the meta device (restyle.models.published_archs).
-FAMILY_ARCHS: dict[str, Callable[[], PublishedArch]] = dict(ARCH_BUILDERS)
+FAMILY_ARCHS: dict[str, Callable[..., PublishedArch]] = dict(ARCH_BUILDERS)

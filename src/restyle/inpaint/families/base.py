@@ -176,6 +176,25 @@ class Adapter:
         raise NotImplementedError
 
 
+def batch_kwargs(items: list[Prepared], generators: list[Any], on_step: StepCallback) -> dict[str, Any]:
+    """The call arguments every batching family takes alike: one photo, mask and generator per image."""
+    rows = expand(items)
+    first = items[0]
+    width, height = first.work_image.size
+    return dict(
+        image=[p.work_image for p in rows],
+        mask_image=[p.work_mask for p in rows],
+        width=width,
+        height=height,
+        num_inference_steps=first.params.steps,
+        guidance_scale=first.params.guidance,
+        strength=first.params.strength,
+        num_images_per_prompt=1,
+        generator=generators,
+        callback_on_step_end=on_step,
+    )
+
+
 def expand(items: list[Prepared]) -> list[Prepared]:
     """One entry per output image (an item repeated num_images times), in order."""
     return [p for p in items for _ in range(p.params.num_images)]

@@ -12,14 +12,14 @@ from typing import Any
 
 from PIL import Image
 
-from restyle.inpaint.families.base import Adapter, Family, Limits, StepCallback, expand
+from restyle.inpaint.families.base import Adapter, Family, Limits, StepCallback, batch_kwargs, expand
 
 FLUX_FILL = Family(
     name="flux-fill",
     pipeline="FluxFillPipeline",
     class_names=("FluxFillPipeline",),
     hub_id="black-forest-labs/FLUX.1-Fill-dev",
-    license="FLUX.1 [dev] Non-Commercial License (outputs may be used commercially; the model may not)",
+    license="FLUX.1 [dev] Non-Commercial License",
     commercial=False,
     gated=True,
     native=1024,  # the pipeline's default_sample_size (128) x the VAE's 8
@@ -46,21 +46,9 @@ class FluxFillAdapter(Adapter):
         return int(self.pipe.default_sample_size * self.pipe.vae_scale_factor)
 
     def denoise(self, items: list, generators: list[Any], on_step: StepCallback) -> list[Image.Image]:
-        rows = expand(items)
-        first = items[0]
-        width, height = first.work_image.size
         out = self.pipe(
-            prompt=[p.params.prompt for p in rows],
-            image=[p.work_image for p in rows],
-            mask_image=[p.work_mask for p in rows],
-            width=width,
-            height=height,
-            num_inference_steps=first.params.steps,
-            guidance_scale=first.params.guidance,
-            strength=first.params.strength,
-            num_images_per_prompt=1,
-            generator=generators,
+            prompt=[p.params.prompt for p in expand(items)],
             max_sequence_length=MAX_T5_TOKENS,
-            callback_on_step_end=on_step,
+            **batch_kwargs(items, generators, on_step),
         )
         return list(out.images)

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from restyle.errors import ModelLoadError
-from restyle.inpaint.families.base import Adapter, Family, Limits, StepCallback, expand
+from restyle.inpaint.families.base import Adapter, Family, Limits, StepCallback, batch_kwargs, expand
 from restyle.inpaint.params import MAX_SD_GUIDANCE, SCHEDULERS
 
 SD_LIMITS = Limits(
@@ -55,38 +55,33 @@ class SchedulerSwap(Adapter):
         self.pipe.scheduler = self._schedulers[name]
 
 
-class SDAdapter(SchedulerSwap):
-    family = SD
+class UNetAdapter(SchedulerSwap):
+    """SD-layout pipelines: a 9-channel UNet whose sample size gives the native size."""
+
+    hint = "Use an *-inpainting model."
 
     def check(self, model_id: str) -> None:
         channels = self.pipe.unet.config.in_channels
         if channels != 9:
             raise ModelLoadError(
                 f"inpainter '{model_id}': its UNet takes {channels} input channels; an inpainting model "
-                "takes 9 (latents + mask + masked image). Use an *-inpainting model."
+                f"takes 9 (latents + mask + masked image). {self.hint}"
             )
 
     def native_size(self, marker: dict[str, Any]) -> int:
-        """UNet sample size x VAE scale factor (512 or 768)."""
+        """UNet sample size x VAE scale factor (SD 1.5: 512, SD 2: 512 or 768, SDXL: 1024)."""
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
+
+class SDAdapter(UNetAdapter):
+    family = SD
+
     def denoise(self, items: list, generators: list[Any], on_step: StepCallback) -> list[Image.Image]:
-        rows = expand(items)
-        first = items[0]
-        width, height = first.work_image.size
+        kwargs = batch_kwargs(items, generators, on_step)
         out = self.pipe(
-            **self._prompt_embeds(rows, first.params.guidance),
-            image=[p.work_image for p in rows],
-            mask_image=[p.work_mask for p in rows],
+            **self._prompt_embeds(expand(items), items[0].params.guidance),
             masked_image_latents=self._masked_latents(items),
-            width=width,
-            height=height,
-            num_inference_steps=first.params.steps,
-            guidance_scale=first.params.guidance,
-            strength=first.params.strength,
-            num_images_per_prompt=1,
-            generator=generators,
-            callback_on_step_end=on_step,
+            **kwargs,
         )
         return list(out.images)
 

@@ -11,9 +11,8 @@ from typing import Any
 
 from PIL import Image
 
-from restyle.errors import ModelLoadError
-from restyle.inpaint.families.base import Family, StepCallback, expand
-from restyle.inpaint.families.sd import SD_LIMITS, SchedulerSwap
+from restyle.inpaint.families.base import Family, StepCallback, batch_kwargs, expand
+from restyle.inpaint.families.sd import SD_LIMITS, UNetAdapter
 
 SDXL = Family(
     name="sdxl",
@@ -29,36 +28,15 @@ SDXL = Family(
 )
 
 
-class SDXLAdapter(SchedulerSwap):
+class SDXLAdapter(UNetAdapter):
     family = SDXL
-
-    def check(self, model_id: str) -> None:
-        channels = self.pipe.unet.config.in_channels
-        if channels != 9:
-            raise ModelLoadError(
-                f"inpainter '{model_id}': its UNet takes {channels} input channels; SDXL inpainting takes 9. "
-                "Use diffusers/stable-diffusion-xl-1.0-inpainting-0.1 or another 9-channel SDXL inpainter."
-            )
-
-    def native_size(self, marker: dict[str, Any]) -> int:
-        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+    hint = "Use diffusers/stable-diffusion-xl-1.0-inpainting-0.1 or another 9-channel SDXL inpainter."
 
     def denoise(self, items: list, generators: list[Any], on_step: StepCallback) -> list[Image.Image]:
         rows = expand(items)
-        first = items[0]
-        width, height = first.work_image.size
         out = self.pipe(
             prompt=[p.params.prompt for p in rows],
             negative_prompt=[p.params.negative_prompt for p in rows],
-            image=[p.work_image for p in rows],
-            mask_image=[p.work_mask for p in rows],
-            width=width,
-            height=height,
-            num_inference_steps=first.params.steps,
-            guidance_scale=first.params.guidance,
-            strength=first.params.strength,
-            num_images_per_prompt=1,
-            generator=generators,
-            callback_on_step_end=on_step,
+            **batch_kwargs(items, generators, on_step),
         )
         return list(out.images)
