@@ -22,6 +22,8 @@ class ModelConfig:
     """Which models to load and how to run them."""
 
     segmenter: str = DEFAULT_SEGMENTER  # hub id or folder: CLIPSeg, SAM 3 or a SegFormer clothes parser
+    protector: str = ""  # optional second segmenter for the protected regions (a clothes parser); "": none
+    mask_table: str = ""  # a per-class wording/threshold table from `restyle eval masks --write-table`
     inpainter: str = DEFAULT_INPAINTER  # hub id or folder: diffusers SD, SDXL, FLUX.1 Fill or Qwen-Image-Edit
     device: str = "auto"  # auto: cuda if present, else cpu
     dtype: str = "auto"  # auto: fp16 on cuda, fp32 on cpu; or fp32/fp16/bf16

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from PIL import Image
 
@@ -51,11 +52,18 @@ class Restyler:
         self.preview = preview or is_tiny(self.config.inpainter) or is_tiny(self.config.segmenter)
         self._segmenter = segmenter
         self._inpainter = inpainter
+        self._table: Any = None  # the loaded mask table (config.mask_table), on first use
 
     @property
     def segmenter(self) -> BaseSegmenter:
         if self._segmenter is None:
-            self._segmenter = load_segmenter(self.config.segmenter, device=self.config.device)
+            segmenter = load_segmenter(self.config.segmenter, device=self.config.device)
+            if self.config.protector:  # e.g. SAM 3 finds the garment, a clothes parser protects
+                from restyle.segment.combined import CombinedSegmenter
+
+                protector = load_segmenter(self.config.protector, device=self.config.device)
+                segmenter = CombinedSegmenter(segmenter, protector)
+            self._segmenter = segmenter
         return self._segmenter
 
     @property
@@ -80,6 +88,7 @@ class Restyler:
         if seg is None:
             return None
         return {
+            "protector": getattr(getattr(seg, "protector", None), "name", None),  # CombinedSegmenter
             "backend": seg.name,
             "model": seg.model_id,
             "license": getattr(seg, "license", None),
@@ -94,8 +103,32 @@ class Restyler:
         protect: list[str] | None = None,
         params: MaskParams | None = None,
     ) -> MaskResult:
-        """Text to mask (see BaseSegmenter.segment)."""
+        """Text to mask (see BaseSegmenter.segment), through the configured mask table if any."""
+        garment, params = self.tuned(garment, params)
         return self.segmenter.segment(image, garment, protect=protect, params=params)
+
+    def tuned(
+        self, garment: str | list[str], params: MaskParams | None
+    ) -> tuple[str | list[str], MaskParams | None]:
+        """The mask table's wording for each garment text it knows ("the gown" -> "a dress"), and its
+        threshold where the request left the default (`config.mask_table`; unchanged without one)."""
+        if not self.config.mask_table:
+            return garment, params
+        if self._table is None:
+            from restyle.eval.table import load_mask_table
+
+            self._table = load_mask_table(self.config.mask_table)
+        texts = [garment] if isinstance(garment, str) else list(garment)
+        hits = [self._table.lookup(text) for text in texts]
+        if not any(hits):
+            return garment, params
+        words = [hit[0] if hit else text for text, hit in zip(texts, hits, strict=True)]
+        params = params or MaskParams()
+        if params.threshold == MaskParams().threshold:  # the request did not choose one
+            from dataclasses import replace
+
+            params = replace(params, threshold=min(hit[1] for hit in hits if hit))
+        return words, params
 
     def prepare(
         self,
@@ -156,12 +189,18 @@ class Restyler:
         cancel: Callable[[], bool] | None = None,
         style: str | None = None,
         style_scale: float = 1.0,
+        color: str | None = None,
+        rank: str | None = None,
     ) -> tuple[StyleResult, MaskResult | None]:
         """Restyle `image`: mask from `garment` text, or the given `mask`, then inpaint (see `prepare`).
+
+        `color` (a vocabulary colour name) gives every variant its ΔE to that colour; `rank` orders the
+        variants by "color" match or prompt "adherence" (restyle.eval.rank).
 
         Returns:
             (StyleResult, MaskResult or None when a mask was given).
         """
+        self.check_rank(rank, color)
         prepared, mask_result = self.prepare(
             image,
             params,
@@ -173,7 +212,39 @@ class Restyler:
             style_scale=style_scale,
         )
         result = self.inpainter.run_batch([prepared], progress=progress, cancel=cancel)[0]
+        self.score(result, color=color, rank=rank)
         return result, mask_result
+
+    def clip(self) -> Any:
+        """The CLIP that scores prompt adherence: the CLIPSeg segmenter's, else None."""
+        from restyle.eval.metrics import clip_from_segmenter
+
+        if self._segmenter is None:
+            return None
+        return clip_from_segmenter(getattr(self._segmenter, "finder", self._segmenter))
+
+    def check_rank(self, rank: str | None, color: str | None) -> None:
+        """Refuse a rank this request cannot be ordered by, before anything runs."""
+        import contextlib
+
+        from restyle.errors import RestyleError
+        from restyle.eval.rank import check_rank
+
+        has_clip = False
+        if rank == "adherence":
+            # a request with its own mask has not loaded the segmenter yet; an archive may have none
+            with contextlib.suppress(RestyleError):
+                _ = self.segmenter
+            has_clip = self.clip() is not None
+        check_rank(rank, color, has_clip)
+
+    def score(self, result: StyleResult, *, color: str | None = None, rank: str | None = None) -> None:
+        """Per-variant scores into the result's metadata (dominant colour, ΔE to `color`, and CLIP
+        adherence when ranking by it), then the variants in `rank` order."""
+        from restyle.eval import rank as ranking
+
+        ranking.score(result, color, self.clip() if rank == "adherence" else None)
+        ranking.rank(result, rank)
 
 
 def refine_given_mask(mask: Image.Image, params: MaskParams) -> Image.Image:

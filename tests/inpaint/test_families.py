@@ -71,6 +71,16 @@ def test_same_seed_same_image_other_seed_other_image(family_inpainter, family):
     assert not _same(a.images[0], a.images[1])
 
 
+@pytest.mark.parametrize("family", NAMES)
+def test_image_i_of_a_request_is_its_seed_alone(family_inpainter, family):
+    inpainter = family_inpainter(family)
+    img, mask = _case(64, 64, seed=3)
+    both = inpainter.run(img, mask, StyleParams(prompt="a wool coat", seed=42, steps=2, num_images=2))
+    second = inpainter.run(img, mask, StyleParams(prompt="a wool coat", seed=43, steps=2, num_images=1))
+    diff = np.abs(np.asarray(both.images[1], dtype=int) - np.asarray(second.images[0], dtype=int))
+    assert both.seeds[1] == second.seeds[0] == 43 and diff.max() <= 2  # rounding of the batch size only
+
+
 @pytest.mark.parametrize("family", [f for f in NAMES if FAMILIES[f].batch_requests])
 def test_a_seed_gives_its_image_alone_or_in_a_batch(family_inpainter, family):
     inpainter = family_inpainter(family)
@@ -121,7 +131,9 @@ def test_defaults_are_the_familys_own(family_inpainter, family):
     limits = FAMILIES[family].limits
     assert res.params.guidance == limits.guidance_default
     assert res.metadata(0)["guidance"] == limits.guidance_default
-    assert res.params.negative_prompt == ("" if not limits.negative_prompt else res.params.negative_prompt)
+    from restyle.prompts.vocabulary import DEFAULT_NEGATIVE
+
+    assert res.params.negative_prompt == (DEFAULT_NEGATIVE if limits.negative_prompt else "")
     assert inpainter.resolve(StyleParams(prompt="x")).steps == limits.steps_default
 
 

@@ -101,3 +101,22 @@ def test_every_pair_serves_the_contract_and_restyles_api(pair_client, segmenter,
         assert r.json()["prompt"].startswith("Replace the dress with")
     state = _job(client, style)
     assert state["state"] == "done", state
+
+
+@pytest.mark.parametrize(("family", "size"), [("sd", 144), ("flux-fill", None)])
+def test_invocations_crop_at_the_familys_native_size(family_inpainter, backend_segmenter, family, size):
+    """The original ran SD at height = width = image_length; newer families keep their native size."""
+    from restyle.config import ModelConfig
+    from restyle.engine import Restyler
+    from restyle.serve.schemas import InvocationRequest
+
+    engine = Restyler(
+        ModelConfig(device="cpu"), segmenter=backend_segmenter("clipseg"), inpainter=family_inpainter(family)
+    )
+    photo = sample_photo(96, 144)
+    req = InvocationRequest(
+        inputs="a skirt", input_img=encode_image(photo), mask_prompt="the dress", image_length=144
+    )
+    pending = Service(engine).prepare_invocation(req)
+    assert pending.prepared.params.size == size
+    assert max(pending.prepared.work_size) == (144 if family == "sd" else 64)

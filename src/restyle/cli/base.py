@@ -22,6 +22,20 @@ Segmenter = Annotated[str | None, typer.Option(help="Segmenter: hub id or folder
 InpainterOpt = Annotated[
     str | None, typer.Option("--inpainter", help="Inpainter: hub id or folder [env RESTYLE_INPAINTER].")
 ]
+ProtectWith = Annotated[
+    str | None,
+    typer.Option(
+        "--protect-with",
+        help="A second segmenter for the protected regions, e.g. a clothes parser [env RESTYLE_PROTECTOR].",
+    ),
+]
+MaskTableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mask-table",
+        help="A table of tuned wordings and thresholds (eval masks --write-table) [env RESTYLE_MASK_TABLE].",
+    ),
+]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, mps [env RESTYLE_DEVICE].")]
 Offload = Annotated[
     str | None,

@@ -13,8 +13,10 @@ from restyle.cli.base import (
     Feather,
     Garment,
     Grow,
+    MaskTableOpt,
     NoProtect,
     Protect,
+    ProtectWith,
     Segmenter,
     Threshold,
     mask_params,
@@ -43,6 +45,8 @@ def mask(
     feather: Feather = 6,
     activation: Activation = "sigmoid",
     segmenter: Segmenter = None,
+    protect_with: ProtectWith = None,
+    mask_table: MaskTableOpt = None,
     device: Device = None,
 ) -> None:
     """Mask a garment in IMAGE from text."""
@@ -55,7 +59,7 @@ def mask(
     params = mask_params(threshold, grow, feather, activation, protect, no_protect)
     params.check()
     photo = load_image(image, field="IMAGE")
-    engine = restyler(segmenter, None, device)
+    engine = restyler(segmenter, None, device, protector=protect_with, mask_table=mask_table)
     with status(f"Segmenting with {engine.config.segmenter} ..."):
         result = engine.mask(photo, garment, params=params)
     save_png(result.mask, output, {"kind": "mask", **result.summary()})

@@ -10,7 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from restyle.cli.base import Device, InpainterOpt, Offload, Quantize, Segmenter, parse_loras, quiet
+from restyle.cli.base import (
+    Device,
+    InpainterOpt,
+    MaskTableOpt,
+    Offload,
+    ProtectWith,
+    Quantize,
+    Segmenter,
+    parse_loras,
+    quiet,
+)
 from restyle.errors import InvalidParameterError
 
 commands = typer.Typer()  # restyle.cli adds these to its app
@@ -72,6 +82,8 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (SageMaker containers use 8080).")] = 8080,
     segmenter: Segmenter = None,
+    protect_with: ProtectWith = None,
+    mask_table: MaskTableOpt = None,
     inpainter: InpainterOpt = None,
     device: Device = None,
     offload: Offload = None,
@@ -149,7 +161,15 @@ def serve(
 
     JobStore(output).probe()  # a full or read-only output folder fails now, not at the first request
     sockets = bind(host, port)  # before any model loads: a taken port fails now, in one line
-    flags = dict(segmenter=segmenter, inpainter=inpainter, device=device, offload=offload, quantize=quantize)
+    flags = dict(
+        segmenter=segmenter,
+        protector=protect_with,
+        mask_table=mask_table,
+        inpainter=inpainter,
+        device=device,
+        offload=offload,
+        quantize=quantize,
+    )
     factory, packaged = _service_factory(flags, model_dir)
     settings = ServerSettings(
         api_key=api_key or None,

@@ -14,9 +14,11 @@ from restyle.cli.base import (
     Garment,
     Grow,
     InpainterOpt,
+    MaskTableOpt,
     NoProtect,
     Offload,
     Protect,
+    ProtectWith,
     Quantize,
     Segmenter,
     Threshold,
@@ -82,6 +84,8 @@ def style(
     feather: Feather = 6,
     activation: Activation = "sigmoid",
     segmenter: Segmenter = None,
+    protect_with: ProtectWith = None,
+    mask_table: MaskTableOpt = None,
     inpainter: InpainterOpt = None,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="auto, fp32, fp16, bf16 [env RESTYLE_DTYPE].")] = None,
@@ -98,6 +102,10 @@ def style(
         typer.Option("--lora", help="A trained LoRA (pytorch_lora_weights.safetensors or its folder)."),
     ] = None,
     lora_scale: Annotated[float, typer.Option(help="The LoRA's weight: 1 as trained, 0 off.")] = 1.0,
+    rank: Annotated[
+        str | None,
+        typer.Option(help="Order the variants best first: color (ΔE to --color) or adherence (CLIP)."),
+    ] = None,
 ) -> None:
     """Restyle a garment in IMAGE: mask it from --garment text (or --mask) and repaint it from --prompt."""
     from restyle.config import load_model_config
@@ -159,10 +167,17 @@ def style(
         vae_tiling=vae_tiling,
         offload=offload,
         quantize=quantize,
+        protector=protect_with,
+        mask_table=mask_table,
     )
     if lora is not None:
         engine.inpainter.load_style("lora", str(lora))
-    style_kwargs = {"style": "lora", "style_scale": lora_scale} if lora is not None else {}
+    style_kwargs: dict[str, Any] = {"style": "lora", "style_scale": lora_scale} if lora is not None else {}
+    style_kwargs.update(color=color, rank=rank)
+    if rank != "adherence":  # adherence needs the segmenter loaded: the engine checks it then
+        from restyle.eval.rank import check_rank
+
+        check_rank(rank, color, has_clip=False)
     requested_stem, stem = stem, reserve_stem(output, stem)
     try:
         result, _ = _run_style(
@@ -180,7 +195,8 @@ def _say_written(output: Path, requested_stem: str, stem: str, sidecar: dict[str
     if stem != requested_stem:
         typer.echo(f"({output / requested_stem}-* exists: this run is {stem}-*, nothing overwritten)")
     for item in sidecar["images"]:
-        typer.echo(f"{output / item['file']}  seed={item['seed']}")
+        delta = f"  ΔE={item['color_delta_e']}" if item.get("color_delta_e") is not None else ""
+        typer.echo(f"{output / item['file']}  seed={item['seed']}{delta}")
     typer.echo(
         f"grid: {output / sidecar['grid']}   mask: {output / sidecar['mask']}   "
         f"metadata: {output / (stem + '.json')}"

@@ -25,6 +25,12 @@ def quantization_config(family: Family, quantize: str, dtype: Any) -> Any:
     """diffusers' PipelineQuantizationConfig for `quantize` (bitsandbytes), or None."""
     if not quantize:
         return None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise InvalidParameterError(
+            f"quantize: {quantize} needs bitsandbytes (pip install 'bitsandbytes>=0.45')", field="quantize"
+        )
     from diffusers.quantizers import PipelineQuantizationConfig
 
     if quantize == "4bit":
@@ -118,7 +124,7 @@ def load_pipeline(
         pipe.enable_model_cpu_offload(device=dev)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=dev)
-    elif quant is None:  # bitsandbytes places quantized weights itself
+    else:  # bitsandbytes put the quantized parts on the GPU; .to moves the rest (and leaves those)
         pipe = pipe.to(dev)
     if attention_slicing and hasattr(pipe, "enable_attention_slicing"):
         pipe.enable_attention_slicing()

@@ -49,6 +49,7 @@ class StyleResult:
     extra: dict[str, Any] = field(default_factory=dict)  # caller's metadata (mask prompts, ...)
     batch: int = 1  # requests denoised together with this one (1: alone)
     family: str = "sd"
+    scores: list[dict[str, Any]] = field(default_factory=list)  # per image: colour ΔE, ... (eval/rank.py)
 
     def metadata(self, index: int) -> dict[str, Any]:
         """Everything that made image `index`, JSON-ready."""
@@ -67,6 +68,7 @@ class StyleResult:
             "work_size": list(self.work_size),
             "size": list(self.images[index].size),
             **self.extra,
+            **(self.scores[index] if index < len(self.scores) else {}),
         }
 
 
@@ -169,7 +171,7 @@ class Inpainter:
 
     @property
     def native_size(self) -> int:
-        """The long side the model was trained at (SD 2: 768, SDXL / FLUX / Qwen-Image: 1024)."""
+        """The long side the model was trained at (SD 1.5 / SD 2 inpainting: 512, SDXL / FLUX: 1024)."""
         return self._native
 
     def describe(self) -> dict[str, Any]:
@@ -295,8 +297,8 @@ class Inpainter:
         generators = [torch.Generator("cpu").manual_seed(s) for p in items for s in p.seeds]
 
         def on_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-            if progress is not None:
-                progress(step + 1, pipe.num_timesteps)
+            if progress is not None:  # an adapter that calls the pipeline per image offsets step and total
+                progress(step + 1, getattr(pipe, "_restyle_total", None) or pipe.num_timesteps)
             if cancel is not None and cancel():
                 pipe._interrupt = True
             return kwargs

@@ -75,9 +75,9 @@ def components(index: dict) -> list[str]:
     )
 
 
-def check_model_dir(model_dir: Path) -> None:
+def check_model_dir(model_dir: Path) -> str:
     """A diffusers inpainting folder of a family restyle runs: model_index.json and every component folder
-    it lists; SD and SDXL UNets must take 9 channels."""
+    it lists; SD and SDXL UNets must take 9 channels. Returns the family's name."""
     from restyle.errors import ModelLoadError
     from restyle.inpaint.families import family_of_class
 
@@ -103,6 +103,7 @@ def check_model_dir(model_dir: Path) -> None:
                 f"MODEL_DIR: the UNet takes {unet.get('in_channels')} input channels; an inpainting model "
                 "takes 9"
             )
+    return family.name
 
 
 def _is_cache_blob(target: Path) -> bool:
@@ -186,9 +187,17 @@ def _floor(dist: str) -> str:
     return dist
 
 
-def requirements() -> str:
-    """code/requirements.txt: what the toolkit pip-installs over the serving image before the handler."""
+QUANTIZE_DEP = "bitsandbytes>=0.45"  # RESTYLE_QUANTIZE=4bit/8bit: what fits FLUX.1 Fill / Qwen-Image in 24 GB
+
+
+def requirements(quantizable: bool = False) -> str:
+    """code/requirements.txt: what the toolkit pip-installs over the serving image before the handler.
+
+    `quantizable` (FLUX.1 Fill and Qwen-Image-Edit archives) adds bitsandbytes for RESTYLE_QUANTIZE.
+    """
     lines = ["# installed by the inference toolkit over the serving image, before code/inference.py"]
+    if quantizable:
+        lines.append(QUANTIZE_DEP)
     for dist in PINNED_DEPS:
         try:
             lines.append(f"{dist}=={metadata.version(dist)}")
@@ -224,7 +233,7 @@ def build_archive(
         styles: (name, LoRA file or folder) pairs to include under styles/NAME/.
     """
     model_dir, output = Path(model_dir).expanduser(), Path(output).expanduser()
-    check_model_dir(model_dir)
+    family = check_model_dir(model_dir)
     entries = list(_walk(model_dir))
     if segmenter is not None:
         seg = Path(segmenter).expanduser()
@@ -247,7 +256,8 @@ def build_archive(
         with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
             for path, arcname in entries:
                 _add(tar, path, arcname)
-            _add_bytes(tar, "code/requirements.txt", requirements().encode())
+            reqs = requirements(quantizable=family in ("flux-fill", "qwen-edit"))
+            _add_bytes(tar, "code/requirements.txt", reqs.encode())
 
     atomic_write(output, write)
     return [name for _, name in entries] + ["code/requirements.txt"]

@@ -36,6 +36,8 @@ def layout_logits(size: tuple[int, int], layout: tuple[float, float, float, floa
 
 
 def _standardised(logits: np.ndarray) -> np.ndarray:
+    if not len(logits):  # no prompts of this role (a combined segmenter asks each for one role only)
+        return logits
     flat = logits.reshape(len(logits), -1)
     mean, std = flat.mean(1, keepdims=True), flat.std(1, keepdims=True) + 1e-6
     return ((flat - mean) / std).reshape(logits.shape)
@@ -51,7 +53,9 @@ class PreviewClipSegSegmenter(ClipSegSegmenter):
         self, image: Image.Image, garments: list[str], guards: list[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         garment_logits, guard_logits = super().role_logits(image, garments, guards)
-        g = layout_logits(image.size, GARMENT_LAYOUT) + MODEL_WEIGHT * _standardised(garment_logits)
+        g = garment_logits
+        if len(garments):
+            g = layout_logits(image.size, GARMENT_LAYOUT) + MODEL_WEIGHT * _standardised(garment_logits)
         p = guard_logits
         if len(guards):
             p = layout_logits(image.size, PROTECT_LAYOUT) + MODEL_WEIGHT * _standardised(guard_logits)
@@ -80,10 +84,12 @@ def preview_probabilities(
     Returns:
         Garment and protect probabilities of the same shapes.
     """
-    shift = MODEL_WEIGHT * _standardised(_probability_logits(garment_probs))
-    g = layout_logits(size, GARMENT_LAYOUT) + shift
+    g = np.asarray(garment_probs, dtype=np.float32)
+    if len(garment_probs):
+        shift = MODEL_WEIGHT * _standardised(_probability_logits(garment_probs))
+        g = special.expit(layout_logits(size, GARMENT_LAYOUT) + shift)
     p = np.asarray(guard_probs, dtype=np.float32)
     if len(guard_probs):
         shift = MODEL_WEIGHT * _standardised(_probability_logits(guard_probs))
         p = special.expit(layout_logits(size, PROTECT_LAYOUT) + shift)
-    return special.expit(g).astype(np.float32), p.astype(np.float32)
+    return g.astype(np.float32), p.astype(np.float32)

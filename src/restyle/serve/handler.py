@@ -280,7 +280,9 @@ class Service:
                 guidance=req.guidance_scale,
                 num_images=req.num_images_per_prompt,
                 seed=req.seed,
-                size=req.image_length,
+                # the original ran SD at height = width = image_length; newer families crop at their own
+                # native size (1024) and image_length stays the size of the photo and the answer
+                size=req.image_length if self.engine.inpainter.family.name == "sd" else None,
             )
             options = req.mask_options
             mask_params = _mask_params(options) if options is not None else None
@@ -293,6 +295,7 @@ class Service:
         fmt = invocation_format(req, accept)
 
         def finish(result: StyleResult) -> dict[str, Any]:
+            self.engine.score(result)  # the dominant colour of each variant (no colour is asked here)
             self._save(result, photo, request_id)
             return check_response_size(encode_invocation(result, fmt), self.max_response_bytes)
 
@@ -345,6 +348,7 @@ class Service:
             size=req.size,
         )
         mask_params = _mask_params(req.mask_options)
+        self.engine.check_rank(req.rank, req.color)  # before any model runs
         prepared, mask_result = self.engine.prepare(
             photo,
             params,
@@ -356,6 +360,7 @@ class Service:
         )
 
         def finish(result: StyleResult) -> tuple[StyleResult, MaskResult | None, dict[str, Any]]:
+            self.engine.score(result, color=req.color, rank=req.rank)
             sidecar = self._save(result, photo, request_id) or {}
             return result, mask_result, sidecar
 

@@ -179,6 +179,11 @@ class StyleRequest(PromptFields):
     size: int | None = Field(None, ge=MIN_SIZE, le=MAX_SIZE, multiple_of=8, description="Working long side.")
     style: str | None = Field(None, max_length=64, description="A loaded LoRA style (GET /v1/styles).")
     style_scale: float = Field(1.0, ge=0.0, le=2.0)
+    rank: Literal["color", "adherence"] | None = Field(
+        None,
+        description="Order the variants best first: by `color` match (ΔE2000 to the requested colour's "
+        "swatch; needs `color`) or prompt `adherence` (CLIP similarity; needs a CLIPSeg segmenter).",
+    )
 
 
 class StyledImage(BaseModel):

@@ -28,7 +28,6 @@ KNOWN_IDS: dict[str, str] = {  # hub id (lower case) -> family, for ids whose fi
     "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": "sdxl",
     "black-forest-labs/flux.1-fill-dev": "flux-fill",
     "qwen/qwen-image-edit": "qwen-edit",
-    "qwen/qwen-image-edit-2509": "qwen-edit",
 }
 
 

@@ -3,9 +3,10 @@
 Instruction mode: the prompt is an edit ("make the dress a red linen maxi skirt") that Qwen2.5-VL reads
 together with the photo crop; the mask still bounds what may change, and restyle's composite returns every
 pixel outside it byte for byte. The pipeline works at about one megapixel whatever size it is given (its
-own `calculate_dimensions`), so its output is resized back to the crop. True classifier-free guidance
-(`true_cfg_scale`) with a negative prompt; the photo conditions each request's text encoding, so requests
-run one at a time (several images of one request still share the batch).
+own `calculate_dimensions`), so its output is resized back to the crop and `size` does not change how it
+works. True classifier-free guidance (`true_cfg_scale`) with a negative prompt. The photo conditions each
+request's text encoding, so requests run one at a time, and each image is its own call so that its seed
+alone makes it (the pipeline draws the photo's latent from a call's first generator).
 """
 
 from __future__ import annotations
@@ -46,21 +47,35 @@ class QwenEditAdapter(Adapter):
         return int(marker.get("native_size", 64)) if marker else self.family.native
 
     def denoise(self, items: list, generators: list[Any], on_step: StepCallback) -> list[Image.Image]:
+        """One pipeline call per image: the pipeline samples the photo's VAE posterior with the first
+        generator of a call, so one call for n images would tie each image's noise to its place."""
         (item,) = items  # batch_requests=False: the server never groups two requests here
         params = item.params
-        out = self.pipe(
-            image=item.work_image,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt or " ",  # true CFG needs a negative, even a blank one
-            mask_image=item.work_mask,
-            true_cfg_scale=params.guidance,
-            num_inference_steps=params.steps,
-            strength=params.strength,
-            num_images_per_prompt=params.num_images,
-            generator=generators,
-            callback_on_step_end=on_step,
-        )
-        return to_work_size(list(out.images), [item] * params.num_images)
+        n = len(generators)
+        images: list[Image.Image] = []
+        for index, generator in enumerate(generators):
+
+            def step(pipe: Any, i: int, t: Any, kwargs: dict, done: int = index) -> dict:
+                pipe._restyle_total = pipe.num_timesteps * n  # progress over all n calls
+                return on_step(pipe, done * pipe.num_timesteps + i, t, kwargs)
+
+            out = self.pipe(
+                image=item.work_image,
+                prompt=params.prompt,
+                negative_prompt=params.negative_prompt or " ",  # true CFG needs a negative, even blank
+                mask_image=item.work_mask,
+                true_cfg_scale=params.guidance,
+                num_inference_steps=params.steps,
+                strength=params.strength,
+                num_images_per_prompt=1,
+                generator=[generator],
+                callback_on_step_end=step,
+            )
+            if getattr(self.pipe, "_interrupt", False):  # each call resets it: stop here
+                break
+            images += list(out.images)
+        self.pipe._restyle_total = None
+        return to_work_size(images, [item] * len(images))
 
 
 def has_torchvision() -> bool:

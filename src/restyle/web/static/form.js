@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 export const ATTRIBUTES = ["garment_type", "design_style", "pattern", "fabric", "fit", "length"];
 const FIELDS = [
   "garment", "threshold", "grow", "feather", "details", "prompt", "negative_prompt", "style", "style_scale",
-  "num_images", "steps", "guidance", "size", "seed", ...ATTRIBUTES,
+  "num_images", "steps", "guidance", "size", "seed", "rank", ...ATTRIBUTES,
 ];
 
 // API field name -> the control to mark (mask_options.* and /invocations names map to the same controls)
@@ -15,7 +15,7 @@ const CONTROL_OF = {
   protect: "garment", prompt: "prompt", negative_prompt: "negative_prompt", style: "style",
   style_scale: "style_scale", num_images: "num_images", steps: "steps", guidance: "guidance", size: "size",
   seed: "seed", garment_type: "garment_type", design_style: "design_style", pattern: "pattern",
-  fabric: "fabric", fit: "fit", length: "length", color: "colors",
+  fabric: "fabric", fit: "fit", length: "length", color: "colors", rank: "rank",
 };
 
 function option(value, label = value) {
@@ -90,6 +90,7 @@ export function applyBackend(backend) {
   guidance.value = limits.guidance_default;
   guidance.title = limits.guidance_means;
   $("steps").value = limits.steps_default;
+  $("steps").min = limits.min_steps;
   const negative = $("negative_prompt");
   negative.disabled = !limits.negative_prompt;
   negative.title = limits.negative_prompt ? "" : "This model has no negative prompt (its guidance is distilled)";
@@ -153,13 +154,16 @@ export function jobBody(state) {
   const body = {
     prompt: state.prompt,
     raw: true,
-    negative_prompt: state.negative_prompt,
     num_images: number(state.num_images),
     steps: number(state.steps),
     guidance: number(state.guidance),
     seed: state.seed === "" ? null : Number(state.seed),
   };
   if (state.size) body.size = Number(state.size);
+  // a model without a negative prompt (FLUX) disables the field; a restored history entry may still hold one
+  if (!$("negative_prompt").disabled) body.negative_prompt = state.negative_prompt;
+  if (state.color) body.color = state.color;  // the target colour: every variant gets its ΔE to it
+  if (state.rank) body.rank = state.rank;
   if (state.style) {
     body.style = state.style;
     body.style_scale = Number(state.style_scale);

@@ -417,7 +417,9 @@ async function showJob(id, result, originalUrl) {
   const items = [];
   for (const [i, image] of result.images.entries()) {
     const blob = await fetchBlob(image.url);
-    items.push({ url: URL.createObjectURL(blob), blob, seed: image.seed, name: `restyle-${id.slice(0, 8)}-${i}-seed${image.seed}.png` });
+    const delta = image.metadata?.color_delta_e;  // the variant's colour against the requested one
+    const label = delta != null ? `seed ${image.seed} · ΔE ${delta.toFixed(1)}${image.metadata.color_match ? "" : " (off colour)"}` : undefined;
+    items.push({ url: URL.createObjectURL(blob), blob, seed: image.seed, label, name: `restyle-${id.slice(0, 8)}-${i}-seed${image.seed}.png` });
   }
   const maskBlob = result.mask_url ? await fetchBlob(result.mask_url) : null;
   const mask = maskBlob ? { url: URL.createObjectURL(maskBlob), name: `restyle-${id.slice(0, 8)}-mask.png`, blob: maskBlob } : null;

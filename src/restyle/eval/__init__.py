@@ -1,0 +1,1 @@
+"""Quality you can measure: masks against labels, results against the request (`restyle eval`)."""
