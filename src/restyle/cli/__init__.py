@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import typer
 
-from restyle.cli import base, bench, deploy, invoke, mask, models, package, sample, serve, style, train
+from restyle.cli import (
+    base,
+    batch,
+    bench,
+    deploy,
+    eval,
+    invoke,
+    mask,
+    models,
+    package,
+    sample,
+    serve,
+    style,
+    train,
+)
 
 # Plain click help (rich_markup_mode=None): rich's panels cut long option names at 80 columns and read
 # "[env RESTYLE_X]" in a help text as markup, dropping it.
@@ -20,10 +34,11 @@ app = typer.Typer(
     help="Text-driven virtual fashion styling: mask a garment by text, repaint it by text.",
 )
 # `restyle --help` lists the commands in this order, then the groups
-for module in (mask, style, sample, serve, invoke, package, deploy, train):
+for module in (mask, style, sample, batch, serve, invoke, package, deploy, train):
     app.registered_commands += module.commands.registered_commands
 app.add_typer(models.models_app, name="models")
 app.add_typer(bench.bench_app, name="bench")
+app.add_typer(eval.eval_app, name="eval")
 
 
 def main() -> None:
