@@ -569,3 +569,21 @@ def test_result_urls_are_released_when_replaced(studio: Studio, live_server: Liv
         assert page.locator("#history li").count() == run + 1
     # the photo, then the last run's 2 images and its mask; earlier runs' URLs were revoked
     assert page.evaluate("window.liveUrls()") == 4
+
+
+def test_order_variants_by_colour(page: Any, photo: Path, live_server: LiveServer) -> None:
+    upload_and_mask(page, photo)
+    page.select_option("#garment_type", "skirt")
+    page.click("label[for=color-red]")
+    wait_until(page, "() => document.querySelector('#prompt').value.includes('red')")
+    page.select_option("#rank", "color")
+    page.fill("#steps", "2")
+    page.fill("#num_images", "3")
+    generate(page, live_server)
+    captions = page.locator("#gallery figcaption").all_inner_texts()[1:4]
+    deltas = [float(re.search(r"ΔE ([0-9.]+)", c).group(1)) for c in captions]
+    assert len(deltas) == 3 and deltas == sorted(deltas)  # closest colour first, each with its ΔE
+    with page.expect_download() as download:
+        page.locator("#gallery a.download").first.click()
+    meta = json.loads(png_bytes_of(download.value.path()).info["restyle"])
+    assert meta["ranked_by"] == "color" and meta["rank"] == 1 and meta["color_target"] == "#c8102e"
