@@ -254,3 +254,22 @@ def test_runs_group_by_key_up_to_max_batch_images():
     jobs = [job("a", 2), job("b", 1), job("a", 4), job("a", 3), job("b", 9)]
     runs = plan_batches(jobs, max_batch=6)
     assert [[j.name for j in run] for run in runs] == [["a2", "a4"], ["a3"], ["b1"], ["b9"]]
+
+
+def test_a_refused_second_run_leaves_the_first_runs_log_alone(tmp_path):
+    import os
+
+    from restyle.batch.runner import ResultsLog
+    from restyle.errors import RestyleError
+
+    path = tmp_path / "results.jsonl"
+    first = ResultsLog(path)
+    first.append({"key": "row0", "status": "ok"})
+    os.write(first._fd, b'{"key": "row1", ')  # the first run is in the middle of a line
+    with pytest.raises(RestyleError, match="another restyle batch is writing here"):
+        ResultsLog(path)
+    os.write(first._fd, b'"status": "ok"}\n')
+    first.close()
+    again = ResultsLog(path)
+    assert set(again.latest) == {"row0", "row1"}
+    again.close()

@@ -127,10 +127,14 @@ def _runs(mask: np.ndarray) -> list[int]:
 def test_rle_decodes_hand_computed_counts():
     expected = np.array([[0, 1, 0], [1, 0, 0]], bool)  # column-major: 1 off, 2 on, 3 off
     assert np.array_equal(decode_rle([1, 2, 3], 2, 3), expected)
-    assert np.array_equal(decode_rle("122", 2, 3), expected)  # third run stored as 3 - 1 = 2
-    assert decode_rle("51M", 2, 4).T.reshape(-1).tolist() == [False] * 5 + [True] + [False] * 2  # 2 - 5 = -3
+    # COCO's maskApi.c stores runs from the 4th on as the difference to the run two before; pycocotools'
+    # frPyObjects([1, 2, 3]) is "123" (checked by a reviewer against pycocotools 2.0.11)
+    assert np.array_equal(decode_rle("123", 2, 3), expected)
+    assert encode_rle(expected) == {"size": [2, 3], "counts": "123"}
+    four = np.array([[0, 1, 0, 1, 1], [1, 0, 0, 1, 1]], bool)  # runs 1, 2, 3, 4: the 4th stored as 4 - 2 = 2
+    assert encode_rle(four)["counts"] == "1232" and np.array_equal(decode_rle("1232", 2, 5), four)
+    assert decode_rle("512", 2, 4).T.reshape(-1).tolist() == [False] * 5 + [True] + [False] * 2
     assert decode_rle("T3", 10, 10).sum() == 0  # one run of 100: two 5-bit groups
-    assert encode_rle(expected) == {"size": [2, 3], "counts": "122"}
     with pytest.raises(ValueError, match="cover"):
         decode_rle([1, 2], 2, 3)
 

@@ -210,3 +210,26 @@ def test_bad_input_is_one_clean_line(monkeypatch, capsys, tmp_path, synthetic, a
         main()
     err = capsys.readouterr().err
     assert info.value.code == 2 and expect in err and "Traceback" not in err
+
+
+class Closed(Oracle):
+    """An oracle that cannot read one class's wordings (as a parser without that label)."""
+
+    def role_probabilities(self, image, garments, guards, params):
+        if any(self.cls[g] == "dress" for g in garments):
+            from restyle.errors import InvalidParameterError
+
+            raise InvalidParameterError("garment: no label for it", field="garment")
+        return super().role_probabilities(image, garments, guards, params)
+
+
+def test_an_unreadable_class_never_wins_and_counts_zero_in_the_miou(photos, tmp_path):
+    from restyle.eval.table import load_mask_table, write_mask_table
+
+    result = evaluate_masks(photos, {"closed": Closed(photos, CLASS_MAP)}, CLASS_MAP, protect=[])
+    figs = result["backends"]["closed"]
+    assert figs["classes_unreadable"] == ["dress"] and "dress" not in figs["winners"]
+    shown = [c for c in CLASS_MAP if any(c in p.masks and p.masks[c].any() for p in photos)]
+    assert figs["miou_best"] == pytest.approx((len(shown) - 1) / len(shown), abs=1e-4)  # the 1.0s and a 0
+    write_mask_table(tmp_path / "t.toml", figs["winners"], segmenter="closed", dataset="synthetic")
+    assert load_mask_table(tmp_path / "t.toml").lookup("the dress") is None

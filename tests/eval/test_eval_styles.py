@@ -189,3 +189,15 @@ def test_bad_input_is_one_clean_line(monkeypatch, capsys, tmp_path, photo_file, 
         main()
     err = capsys.readouterr().err
     assert info.value.code == 2 and expect in err and "Traceback" not in err
+
+
+def test_a_spreadsheet_csv_with_a_bom_and_a_quoted_newline_reads(tmp_path):
+    from restyle.eval.styles import load_style_rows
+    from restyle.samples import sample_photo
+
+    sample_photo(64, 96).save(tmp_path / "p.png")
+    (tmp_path / "rows.csv").write_bytes(
+        b'\xef\xbb\xbfphoto,garment,prompt,color\np.png,the dress,"a red skirt\nwith pleats",red\n'
+    )
+    (row,) = load_style_rows(tmp_path / "rows.csv")
+    assert row.garment == "the dress" and row.prompt == "a red skirt\nwith pleats" and row.color == "red"

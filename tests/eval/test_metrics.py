@@ -303,3 +303,10 @@ def test_clip_similarity_is_the_cosine_of_the_embeddings():
     assert clip_similarity(images, "a dress", _TensorClip(), processor) == pytest.approx([1.0, 0.0, 0.5**0.5])
     with pytest.raises(InvalidParameterError, match="prompt"):
         clip_similarity(images, "  ", _TensorClip(), processor)
+
+
+def test_an_empty_prediction_of_a_full_frame_label_has_no_agreeing_contour():
+    from restyle.eval.metrics import boundary_f, srgb_to_lab
+
+    assert boundary_f(np.zeros((8, 8), bool), np.ones((8, 8), bool)) == 0.0
+    assert np.allclose(srgb_to_lab([200, 16, 46]), srgb_to_lab(np.array([200, 16, 46], np.uint8)))

@@ -107,3 +107,10 @@ def test_the_cli_prints_each_variants_delta_e(tmp_path):
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     assert out.output.count("ΔE=") == 2
+
+
+def test_a_faint_soft_mask_still_gets_its_colour_read():
+    res = _result([(200, 16, 46)])
+    res.mask = res.mask.point(lambda v: 100 if v else 0)  # half-opacity hand mask: no value >= 128
+    score(res, "red")
+    assert res.scores[0]["dominant_color"] == "#c8102e" and res.scores[0]["color_match"] is True

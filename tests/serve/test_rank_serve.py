@@ -16,6 +16,17 @@ def test_style_and_jobs_rank_by_colour(client, photo):
     assert [m["rank"] for m in metas] == [1, 2, 3]
     deltas = [m["color_delta_e"] for m in metas]
     assert deltas == sorted(deltas) and r.json()["seeds"] == [img["seed"] for img in r.json()["images"]]
+    # the first (closest) picture is its own seed's: the same seed alone makes the same picture
+    import numpy as np
+
+    from restyle.client import decode_image
+
+    first = r.json()["images"][0]
+    alone = client.post("/v1/style", json={**body, "seed": first["seed"], "num_images": 1, "rank": None})
+    a, b = (
+        np.asarray(decode_image(x), dtype=int) for x in (first["image"], alone.json()["images"][0]["image"])
+    )
+    assert np.abs(a - b).max() <= 2  # floating-point rounding of the batch size only
     bad = client.post("/v1/style", json={**body, "color": None})
     assert bad.status_code == 422 and bad.json()["field"] == "rank"
     job = client.post("/v1/jobs", json=body)

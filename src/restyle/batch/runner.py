@@ -90,7 +90,6 @@ class ResultsLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.latest: dict[str, dict[str, Any]] = self._read()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             import fcntl
@@ -104,6 +103,7 @@ class ResultsLog:
                 f"{path}: another restyle batch is writing here; wait for it or pick another --output",
                 field="output",
             ) from None
+        self.latest: dict[str, dict[str, Any]] = self._read()  # under the lock: a refused run changes nothing
 
     def _read(self) -> dict[str, dict[str, Any]]:
         if not self.path.exists():

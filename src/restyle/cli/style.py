@@ -152,6 +152,10 @@ def style(
         crop=not no_crop,
     )
     params.check()
+    if rank != "adherence":  # before anything loads; adherence needs the segmenter: the engine checks it
+        from restyle.eval.rank import check_rank
+
+        check_rank(rank, color, has_clip=False)
     mparams = mask_params(threshold, grow, feather, activation, protect, no_protect)
     mparams.check()
     photo = load_image(image, field="IMAGE")
@@ -174,10 +178,7 @@ def style(
         engine.inpainter.load_style("lora", str(lora))
     style_kwargs: dict[str, Any] = {"style": "lora", "style_scale": lora_scale} if lora is not None else {}
     style_kwargs.update(color=color, rank=rank)
-    if rank != "adherence":  # adherence needs the segmenter loaded: the engine checks it then
-        from restyle.eval.rank import check_rank
 
-        check_rank(rank, color, has_clip=False)
     requested_stem, stem = stem, reserve_stem(output, stem)
     try:
         result, _ = _run_style(

@@ -160,7 +160,7 @@ def _counts_from_string(text: str) -> list[int]:
             pos, shift = pos + 1, shift + 5
             if not more and group & 0x10:
                 value |= -1 << shift
-        runs.append(value + runs[-2] if len(runs) >= 2 else value)
+        runs.append(value + runs[-2] if len(runs) > 2 else value)  # maskApi.c: from the 4th run on
     return runs
 
 
@@ -187,7 +187,7 @@ def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict[str, Any]:
 def _counts_to_string(runs: list[int]) -> str:
     chars = []
     for i, run in enumerate(runs):
-        value = run - runs[i - 2] if i >= 2 else run
+        value = run - runs[i - 2] if i > 2 else run  # as COCO's maskApi.c rleToString
         more = True
         while more:
             group = value & 0x1F

@@ -284,8 +284,15 @@ def summarise_backend(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One segmenter's JSON-ready figures and its example images."""
     classes, winners, examples = {}, {}, {}
+    unreadable: list[str] = []  # classes some photo shows that no wording of this backend could mask
     for name, rows in grid.items():
         classes[name], best = _class_summary(rows, default)
+        shown = any(name in p.masks and p.masks[name].any() for p in photos)
+        if best.error is not None or not best.ious:  # never a winner: the table would hand it to requests
+            if shown:
+                unreadable.append(name)
+            examples[name] = _examples(best, photos, name)
+            continue
         winners[name] = {
             "wording": best.wording,
             "threshold": best.threshold,
@@ -306,13 +313,20 @@ def summarise_backend(
         "model": seg.model_id,
         "license": getattr(seg, "license", "") or None,
         "preview": bool(seg.preview),
-        "miou_default": _num(_nanmean(c["default"]["iou"] for c in classes.values())),
-        "miou_best": _num(_nanmean(c["best"]["iou"] for c in classes.values())),
+        # a class the backend cannot read counts 0, so closed-vocabulary backends compare fairly
+        "miou_default": _num(_nanmean(_shown(classes, unreadable, "default"))),
+        "miou_best": _num(_nanmean(_shown(classes, unreadable, "best"))),
+        "classes_unreadable": unreadable,
         "seconds_per_photo": _num(_mean(seconds)),
         "classes": classes,
         "winners": winners,
     }
     return figures, examples
+
+
+def _shown(classes: dict[str, Any], unreadable: list[str], which: str) -> list[float | None]:
+    """Each class's IoU for the mIoU: its figure, or 0 where the backend could not read it at all."""
+    return [0.0 if name in unreadable else c[which]["iou"] for name, c in classes.items()]
 
 
 def _nanmean(values: Iterable[float | None]) -> float:

@@ -92,6 +92,8 @@ def boundary_f(pred: np.ndarray, truth: np.ndarray, tolerance: int = 2) -> float
     pred, truth = np.asarray(pred, bool), _bool_mask(truth, np.shape(pred))
     if not pred.any() and not truth.any():
         return float("nan")
+    if pred.any() != truth.any():  # one mask empty, the other not: no contour can agree
+        return 0.0
     bp, bt = _boundary(pred), _boundary(truth)
     if not bp.any() or not bt.any():
         return 1.0 if not bp.any() and not bt.any() else 0.0
@@ -106,13 +108,13 @@ def srgb_to_lab(rgb: Any) -> np.ndarray:
     """sRGB to CIELAB (D65, 2° observer), with the standard sRGB companding.
 
     Args:
-        rgb: (..., 3) uint8 (0-255) or float (0-1) sRGB values.
+        rgb: (..., 3) integer (0-255) or float (0-1) sRGB values.
 
     Returns:
         (..., 3) float64 L*, a*, b*; white is (100, 0, 0).
     """
     arr = np.asarray(rgb)
-    c = arr / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float64)
+    c = arr / 255.0 if np.issubdtype(arr.dtype, np.integer) else arr.astype(np.float64)  # ints: 0-255
     linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     xyz = linear @ SRGB_TO_XYZ.T / D65_WHITE
     eps = (6 / 29) ** 3

@@ -58,8 +58,17 @@ def score(result: Any, color: str | None = None, clip: Any = None) -> None:
     swatch = color_swatch(color)
     target = hex_to_lab(swatch) if swatch else None
     scores = []
+    import numpy as np
+
+    from restyle.errors import UnusableMaskError
+
+    region: Any = result.mask
+    try:
+        dominant_color(result.images[0], region)
+    except UnusableMaskError:  # a soft mask with no value >= 128: read the colour where it repaints at all
+        region = np.asarray(result.mask) > 0
     for image in result.images:
-        rgb, lab = dominant_color(image, result.mask)
+        rgb, lab = dominant_color(image, region)
         entry: dict[str, Any] = {"dominant_color": "#{:02x}{:02x}{:02x}".format(*rgb)}
         if target is not None:
             delta = float(ciede2000(lab, target))

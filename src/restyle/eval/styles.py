@@ -19,6 +19,7 @@ its error; it never stops the run.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -148,12 +149,12 @@ def load_style_rows(path: str | Path) -> list[StyleRow]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM is not part of the first column
+    except (OSError, UnicodeDecodeError) as error:
         raise InvalidParameterError(f"{path}: cannot read the rows file: {error}", field="rows") from error
     raws: list[tuple[int, Any]] = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted cells may hold newlines
         raws = [(reader.line_num, raw) for raw in reader]
     else:
         for number, line in enumerate(text.splitlines(), 1):
