@@ -60,12 +60,8 @@ def score(result: Any, color: str | None = None, clip: Any = None) -> None:
     scores = []
     import numpy as np
 
-    from restyle.errors import UnusableMaskError
-
     region: Any = result.mask
-    try:
-        dominant_color(result.images[0], region)
-    except UnusableMaskError:  # a soft mask with no value >= 128: read the colour where it repaints at all
+    if not (np.asarray(result.mask) >= 128).any():  # a faint soft mask: read where it repaints at all
         region = np.asarray(result.mask) > 0
     for image in result.images:
         rgb, lab = dominant_color(image, region)

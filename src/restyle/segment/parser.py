@@ -24,6 +24,7 @@ from restyle.runtime import resolve_device, resolve_dtype
 from restyle.segment.base import BaseSegmenter, MaskParams
 from restyle.segment.labels import resolve_labels
 from restyle.segment.ops import resize_map
+from restyle.segment.preview import PreviewProbabilities
 
 WORK_SIDE = 1024  # long side of the label probabilities; a 40 MP photo x 18 labels would not fit in memory
 PARSER_LICENSE: dict[str, Any] = {
@@ -120,16 +121,7 @@ class ClothesParser(BaseSegmenter):
         return probs[: len(garments)], probs[len(garments) :]
 
 
-class PreviewClothesParser(ClothesParser):
+class PreviewClothesParser(PreviewProbabilities, ClothesParser):
     """ClothesParser on a tiny restyle-built model (preview mode): placeholder masks, labelled so."""
 
     name = "parser-preview"
-    preview = True
-
-    def role_probabilities(
-        self, image: Image.Image, garments: tuple[str, ...], guards: tuple[str, ...], params: MaskParams
-    ) -> tuple[np.ndarray, np.ndarray]:
-        from restyle.segment.preview import preview_probabilities
-
-        garment, guard = super().role_probabilities(image, garments, guards, params)
-        return preview_probabilities(image.size, garment, guard)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy import special
 
+from restyle.segment.base import MaskParams
 from restyle.segment.clipseg import ClipSegSegmenter
 
 # (centre x, centre y, radius x, radius y, peak logit) as fractions of the photo, for each role
@@ -93,3 +94,16 @@ def preview_probabilities(
         shift = MODEL_WEIGHT * _standardised(_probability_logits(guard_probs))
         p = special.expit(layout_logits(size, PROTECT_LAYOUT) + shift)
     return g.astype(np.float32), p.astype(np.float32)
+
+
+class PreviewProbabilities:
+    """Mixin for the tiny-model previews of backends that give probabilities (SAM 3, a clothes parser):
+    the backend's own probabilities, then the placeholder layout (`preview_probabilities`)."""
+
+    preview = True
+
+    def role_probabilities(
+        self, image: Image.Image, garments: tuple[str, ...], guards: tuple[str, ...], params: MaskParams
+    ) -> tuple[np.ndarray, np.ndarray]:
+        garment, guard = super().role_probabilities(image, garments, guards, params)  # type: ignore[misc]
+        return preview_probabilities(image.size, garment, guard)

@@ -38,6 +38,7 @@ from restyle.models.tiny import is_tiny
 from restyle.runtime import resolve_device, resolve_dtype
 from restyle.segment.base import BaseSegmenter, MaskParams
 from restyle.segment.ops import resize_map
+from restyle.segment.preview import PreviewProbabilities
 
 MASK_THRESHOLD = 0.5  # SAM 3's own binarisation of an instance's mask probability (transformers' default)
 INSTANCE_FLOOR = 0.05  # instances at or under this (or a lower threshold) are not combined: 200 queries
@@ -227,16 +228,7 @@ class Sam3Segmenter(BaseSegmenter):
         return probs[: len(garments)], probs[len(garments) :]
 
 
-class PreviewSam3Segmenter(Sam3Segmenter):
+class PreviewSam3Segmenter(PreviewProbabilities, Sam3Segmenter):
     """Sam3Segmenter on a tiny restyle-built model (preview mode): placeholder masks, labelled so."""
 
     name = "sam3-preview"
-    preview = True
-
-    def role_probabilities(
-        self, image: Image.Image, garments: tuple[str, ...], guards: tuple[str, ...], params: MaskParams
-    ) -> tuple[np.ndarray, np.ndarray]:
-        from restyle.segment.preview import preview_probabilities
-
-        garment, guard = super().role_probabilities(image, garments, guards, params)
-        return preview_probabilities(image.size, garment, guard)
