@@ -31,6 +31,8 @@ NOT_RUN = {
     "make test-slow": "CI runs it, after `make test`",
     "make lint": "CI runs it",
     "make typecheck": "CI runs it",
+    "restyle serve --ray --replicas 2 --port 8080 -o out/serve": "it serves until stopped; "
+    "tests/scale/test_ray_serve.py runs the same app (2 replicas on the tiny models)",
 }
 # Commands that need something no new user has yet (weights, a trained model, a download): each must print
 # exactly one line, starting "Error:", that contains this text and says what to do.
@@ -204,5 +206,6 @@ def test_readme_slow_commands(workspace, monkeypatch, capfd) -> None:
                 _check(" ".join(argv), code, out, err)
                 ran += 1
     written = (docs / "PERFORMANCE.md").read_text()
-    assert ran >= 2 and "<!-- bench:infer" in written and "<!-- bench:train" in written, written[:2000]
+    assert ran >= 3 and "<!-- bench:infer" in written and "<!-- bench:train" in written, written[:2000]
+    assert "<!-- bench:batch -->" in written and "| Ray Data (2 actors) |" in written, written[-2000:]
     assert (docs / "bench" / "infer.json").is_file()

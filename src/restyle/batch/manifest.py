@@ -41,8 +41,8 @@ class ManifestError(RestyleError):
 class Request:
     """One row as restyle's own inputs, checked: what `Restyler.prepare` takes."""
 
-    photo: Path
-    mask: Path | None
+    photo: Path | str  # a path, or a URL / URI (restyle.batch.storage reads it)
+    mask: Path | str | None
     garment: list[str] | None
     params: Any  # StyleParams
     mask_params: Any  # MaskParams | None (None: a given mask is used as is)
@@ -71,9 +71,14 @@ class Row:
         """
         return convert(name, self.cells.get(name))
 
-    def path(self, name: str) -> Path | None:
+    def path(self, name: str) -> Path | str | None:
+        """The cell as a path from the manifest's folder, or as it is when it is a URL / URI."""
+        from restyle.batch.storage import is_uri
+
         text = self.value(name)
-        return None if text is None else self.base / text
+        if text is None:
+            return None
+        return text if is_uri(text) else self.base / text
 
     def request(self, mode: str = "describe", mask_defaults: Any = None) -> Request:
         """The row as restyle's inputs: the prompt built as `restyle style` builds it for an inpainter

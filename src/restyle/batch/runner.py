@@ -32,7 +32,7 @@ class BatchOptions:
     """How a batch runs; every field has a default."""
 
     max_batch: int = 8  # images denoised in one run; 1 runs every row alone
-    window: int = 16  # rows prepared before the waiting ones are grouped by key and denoised
+    window: int = 16  # rows read and prepared before the prepared ones are grouped by key and denoised
     retry_failed: bool = False  # run rows again whose last attempt failed
     mask_params: Any = None  # MaskParams for every row (None: the defaults); cells override them
 
@@ -180,8 +180,163 @@ def plan_batches(
     return runs
 
 
+class RowWork:
+    """The work of rows on one engine, without the results file: read, mask and crop each row, denoise
+    waiting rows of one key together, save each row's files into `out`, and hand every row's results line
+    to `emit` as it ends. `earlier(key)` is the key's last logged line (its stale images are removed).
+
+    BatchRunner uses it in this process; the Ray Data actors (restyle.batch.ray) use it on their engines.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        out: Path,
+        options: BatchOptions,
+        emit: OnRecord,
+        earlier: Callable[[str], dict[str, Any] | None],
+    ) -> None:
+        self.engine = engine
+        self.out = out
+        self.options = options
+        self.emit = emit
+        self.earlier = earlier
+
+    def load(self, rows: list[Row]) -> None:
+        """Load the models before the first row: a model that cannot load fails the run, not each row."""
+        if rows:
+            _ = self.engine.inpainter
+        if any("garment" in row.cells for row in rows):
+            _ = self.engine.segmenter
+
+    def run(self, rows: Iterable[Row]) -> None:
+        """Every row, `window` rows at a time: read and prepared, then the prepared ones denoised in runs of
+        one key. A row's batch mates depend only on the row order and the window (the Ray actors take
+        `window` rows per task, so they group rows as this does). KeyboardInterrupt passes through."""
+        waiting: list[_Job] = []
+        taken = 0
+        for row in rows:
+            job = self.prepare(row)
+            waiting += [job] if job else []
+            taken += 1
+            if taken == self.options.window:
+                self.flush(waiting)
+                waiting, taken = [], 0
+        self.flush(waiting)
+
+    def prepare(self, row: Row) -> _Job | None:
+        """Read, mask and crop one row; a bad row is logged failed here (None)."""
+        from restyle.batch.storage import read_source
+        from restyle.images import load_image, load_mask
+
+        started = time.perf_counter()
+        try:
+            request = row.request(self.engine.inpainter.family.mode, self.options.mask_params)
+            photo = load_image(read_source(request.photo, field="photo"), field="photo")
+            mask = (
+                load_mask(read_source(request.mask, field="mask"), size=photo.size, field="mask")
+                if request.mask
+                else None
+            )
+            prepared, mask_result = self.engine.prepare(
+                photo, request.params, garment=request.garment, mask=mask, mask_params=request.mask_params
+            )
+        except Exception as err:  # a bad row fails alone, with its message
+            self.fail(row, err, time.perf_counter() - started)
+            return None
+        return _Job(row, request, photo, prepared, mask_result, time.perf_counter() - started)
+
+    def flush(self, jobs: list[_Job]) -> None:
+        for run in plan_batches(jobs, self.options.max_batch):
+            self.denoise(run)
+
+    def denoise(self, run: list[_Job]) -> None:
+        """Denoise one run of one key; a failed run of several rows is retried row by row."""
+        started = time.perf_counter()
+        try:
+            results = self.engine.inpainter.run_batch([job.prepared for job in run])
+        except Exception as err:
+            if len(run) > 1:
+                log.warning("a batch of %d rows failed (%s); running them one by one", len(run), err)
+                for job in run:
+                    self.denoise([job])
+                return
+            self.fail(run[0].row, err, run[0].prepare_s + time.perf_counter() - started)
+            return
+        run_s = time.perf_counter() - started
+        for job, result in zip(run, results, strict=True):
+            finish_started = time.perf_counter()
+            try:
+                self.finish(job, result, len(run), job.prepare_s + run_s)
+            except Exception as err:
+                self.fail(job.row, err, job.prepare_s + run_s + time.perf_counter() - finish_started)
+
+    def finish(self, job: _Job, result: Any, batch: int, elapsed_s: float) -> None:
+        """Score and save one row's result, drop its earlier attempt's other images, log it ok."""
+        from restyle.eval.rank import color_swatch
+        from restyle.outputs import save_result
+
+        started = time.perf_counter()
+        self.engine.score(result, color=job.request.color)
+        key = job.row.key
+        sidecar = save_result(result, job.photo, self.out, stem=key)
+        images = [item["file"] for item in sidecar["images"]]
+        self._drop_stale(key, set(images))
+        has_target = color_swatch(job.request.color) is not None
+        mres = job.mask_result
+        self.emit(
+            record(
+                job.row,
+                "ok",
+                files={"images": images, "grid": sidecar["grid"], "mask": sidecar["mask"]}
+                | {"sidecar": f"{key}.json"},
+                seeds=list(result.seeds),
+                mask_area=round(mres.area if mres else _area(result.mask), 5),
+                mask_confidence=round(mres.confidence, 4) if mres else None,
+                color_delta_e=[s.get("color_delta_e") for s in result.scores] if has_target else None,
+                batch=batch,
+                elapsed_s=round(elapsed_s + time.perf_counter() - started, 3),
+            )
+        )
+
+    def _drop_stale(self, key: str, keep: set[str]) -> None:
+        """Images an earlier attempt of this key wrote that this one did not (other seeds)."""
+        earlier = self.earlier(key) or {}
+        for name in (earlier.get("files") or {}).get("images", []):
+            if name not in keep:
+                with contextlib.suppress(OSError):
+                    (self.out / name).unlink()
+
+    def fail(self, row: Row, err: Exception, elapsed_s: float) -> None:
+        if not isinstance(err, RestyleError):  # not the row's fault as far as we know: keep the trace
+            log.warning("row %s (%s) failed", row.key, row.source, exc_info=err)
+        message = str(err) or type(err).__name__
+        self.emit(
+            record(
+                row,
+                "failed",
+                error=message,
+                field=getattr(err, "field", None),
+                error_type=type(err).__name__,
+                elapsed_s=round(elapsed_s, 3),
+            )
+        )
+
+
+def record(row: Row, status: str, **values: Any) -> dict[str, Any]:
+    """One results line; every line has every field (None where it does not apply)."""
+    line: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    line.update(key=row.key, line=row.line, photo=row.photo, status=status, color=row.cells.get("color"))
+    line.update(values, time=datetime.now(UTC).isoformat(timespec="seconds"))
+    return line
+
+
 class BatchRunner:
-    """Runs rows through one Restyler into one output folder (see the module's docstring)."""
+    """Runs rows through one Restyler into one output folder (see the module's docstring).
+
+    The results file, resume and the summary are here; the rows' work is `RowWork`'s (`_execute`, which
+    restyle.batch.ray replaces to run it on Ray Data actors).
+    """
 
     def __init__(
         self,
@@ -215,15 +370,8 @@ class BatchRunner:
         started = time.perf_counter()
         try:
             todo = [row for row in rows if not self._skip(row)]
-            self._load(todo)
-            waiting: list[_Job] = []
-            for row in todo:
-                job = self._prepare(row)
-                waiting += [job] if job else []
-                if len(waiting) >= self.options.window:
-                    self._flush(waiting)
-                    waiting = []
-            self._flush(waiting)
+            if todo:
+                self._execute(todo)
         except KeyboardInterrupt:
             self.summary.interrupted = True
         finally:
@@ -231,12 +379,12 @@ class BatchRunner:
             self._log.close()
         return self.summary
 
-    def _load(self, rows: list[Row]) -> None:
-        """Load the models before the first row: a model that cannot load fails the run, not each row."""
-        if rows:
-            _ = self.engine.inpainter
-        if any("garment" in row.cells for row in rows):
-            _ = self.engine.segmenter
+    def _execute(self, rows: list[Row]) -> None:
+        """The rows not done yet, here: one engine, lines written as each row ends."""
+        assert self._log is not None
+        work = RowWork(self.engine, self.out, self.options, self._write, self._log.latest.get)
+        work.load(rows)
+        work.run(rows)
 
     def _skip(self, row: Row) -> bool:
         """Log and skip a row done before (ok with its files there; failed, unless retrying)."""
@@ -254,119 +402,17 @@ class BatchRunner:
         self._write({**last, "status": "skipped", "was": was, "reason": reason, "elapsed_s": 0.0})
         return True
 
-    def _prepare(self, row: Row) -> _Job | None:
-        """Read, mask and crop one row; a bad row is logged failed here (None)."""
-        from restyle.images import load_image, load_mask
-
-        started = time.perf_counter()
-        try:
-            request = row.request(self.engine.inpainter.family.mode, self.options.mask_params)
-            photo = load_image(request.photo, field="photo")
-            mask = load_mask(request.mask, size=photo.size, field="mask") if request.mask else None
-            prepared, mask_result = self.engine.prepare(
-                photo, request.params, garment=request.garment, mask=mask, mask_params=request.mask_params
-            )
-        except Exception as err:  # a bad row fails alone, with its message
-            self._fail(row, err, time.perf_counter() - started)
-            return None
-        return _Job(row, request, photo, prepared, mask_result, time.perf_counter() - started)
-
-    def _flush(self, jobs: list[_Job]) -> None:
-        for run in plan_batches(jobs, self.options.max_batch):
-            self._denoise(run)
-
-    def _denoise(self, run: list[_Job]) -> None:
-        """Denoise one run of one key; a failed run of several rows is retried row by row."""
-        started = time.perf_counter()
-        try:
-            results = self.engine.inpainter.run_batch([job.prepared for job in run])
-        except Exception as err:
-            if len(run) > 1:
-                log.warning("a batch of %d rows failed (%s); running them one by one", len(run), err)
-                for job in run:
-                    self._denoise([job])
-                return
-            self._fail(run[0].row, err, run[0].prepare_s + time.perf_counter() - started)
-            return
-        run_s = time.perf_counter() - started
-        for job, result in zip(run, results, strict=True):
-            finish_started = time.perf_counter()
-            try:
-                self._finish(job, result, len(run), job.prepare_s + run_s)
-            except Exception as err:
-                self._fail(job.row, err, job.prepare_s + run_s + time.perf_counter() - finish_started)
-
-    def _finish(self, job: _Job, result: Any, batch: int, elapsed_s: float) -> None:
-        """Score and save one row's result, drop its earlier attempt's other images, log it ok."""
-        from restyle.eval.rank import color_swatch
-        from restyle.outputs import save_result
-
-        started = time.perf_counter()
-        self.engine.score(result, color=job.request.color)
-        key = job.row.key
-        sidecar = save_result(result, job.photo, self.out, stem=key)
-        images = [item["file"] for item in sidecar["images"]]
-        self._drop_stale(key, set(images))
-        has_target = color_swatch(job.request.color) is not None
-        mres = job.mask_result
-        self.summary.images += len(images)
-        self._write(
-            self._record(
-                job.row,
-                "ok",
-                files={"images": images, "grid": sidecar["grid"], "mask": sidecar["mask"]}
-                | {"sidecar": f"{key}.json"},
-                seeds=list(result.seeds),
-                mask_area=round(mres.area if mres else _area(result.mask), 5),
-                mask_confidence=round(mres.confidence, 4) if mres else None,
-                color_delta_e=[s.get("color_delta_e") for s in result.scores] if has_target else None,
-                batch=batch,
-                elapsed_s=round(elapsed_s + time.perf_counter() - started, 3),
-            )
-        )
-
-    def _drop_stale(self, key: str, keep: set[str]) -> None:
-        """Images an earlier attempt of this key wrote that this one did not (other seeds)."""
+    def _write(self, line: dict[str, Any]) -> None:
         assert self._log is not None
-        earlier = self._log.latest.get(key) or {}
-        for name in (earlier.get("files") or {}).get("images", []):
-            if name not in keep:
-                with contextlib.suppress(OSError):
-                    (self.out / name).unlink()
-
-    def _fail(self, row: Row, err: Exception, elapsed_s: float) -> None:
-        if not isinstance(err, RestyleError):  # not the row's fault as far as we know: keep the trace
-            log.warning("row %s (%s) failed", row.key, row.source, exc_info=err)
-        message = str(err) or type(err).__name__
-        self._write(
-            self._record(
-                row,
-                "failed",
-                error=message,
-                field=getattr(err, "field", None),
-                error_type=type(err).__name__,
-                elapsed_s=round(elapsed_s, 3),
-            )
-        )
-
-    def _record(self, row: Row, status: str, **values: Any) -> dict[str, Any]:
-        """One results line; every line has every field (None where it does not apply)."""
-        record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-        record.update(
-            key=row.key, line=row.line, photo=row.photo, status=status, color=row.cells.get("color")
-        )
-        record.update(values, time=datetime.now(UTC).isoformat(timespec="seconds"))
-        return record
-
-    def _write(self, record: dict[str, Any]) -> None:
-        assert self._log is not None
-        self._log.append(record)
-        status = record["status"]
+        self._log.append(line)
+        status = line["status"]
         self.summary.ok += status == "ok"
         self.summary.failed += status == "failed"
         self.summary.skipped += status == "skipped"
+        if status == "ok":
+            self.summary.images += len(line["files"]["images"])
         if self.on_record is not None:
-            self.on_record(record)
+            self.on_record(line)
 
 
 # every results line has these, in this order
@@ -390,4 +436,13 @@ def run_batch(
     return BatchRunner(engine, out, options, **kwargs).run(rows)
 
 
-__all__ = ["RESULTS_FILE", "BatchOptions", "BatchRunner", "ResultsLog", "Summary", "run_batch"]
+__all__ = [
+    "RESULTS_FILE",
+    "BatchOptions",
+    "BatchRunner",
+    "ResultsLog",
+    "RowWork",
+    "Summary",
+    "record",
+    "run_batch",
+]

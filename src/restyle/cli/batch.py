@@ -58,7 +58,9 @@ def batch(
     max_batch: Annotated[
         int, typer.Option(help="Images of same-shape rows denoised together; 1: every row alone.")
     ] = 8,
-    window: Annotated[int, typer.Option(help="Rows prepared before the waiting ones are grouped.")] = 16,
+    window: Annotated[
+        int, typer.Option(help="Rows read before the prepared ones are grouped (with --ray: rows per task).")
+    ] = 16,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run rows again whose last attempt failed.")
     ] = False,
@@ -78,12 +80,35 @@ def batch(
     dtype: Annotated[str | None, typer.Option(help="auto, fp32, fp16, bf16 [env RESTYLE_DTYPE].")] = None,
     offload: Offload = None,
     quantize: Quantize = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run the rows on Ray Data actors (pip install 'restyle[ray]').")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAY_ADDRESS", help="With --ray: the cluster to join (auto, ray://host:10001); else local."
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None, typer.Option(help="With --ray: model-holding actors (default: one per GPU, else 1).")
+    ] = None,
+    gpus_per_actor: Annotated[
+        float | None, typer.Option(help="With --ray: GPUs per actor (default 1 on a GPU cluster, else 0).")
+    ] = None,
+    cpus_per_actor: Annotated[
+        float | None, typer.Option(help="With --ray: CPUs per actor (default 1 with GPUs, else CPUs/actors).")
+    ] = None,
 ) -> None:
     """Restyle every row of SOURCE (or every photo of a folder) into --output; a re-run resumes.
 
     The request of each row: its cells, over the --template, over these flags. Exits 1 when a row failed.
     """
     from restyle.batch import BatchOptions, BatchRunner, load_template, read_rows
+
+    if ray:
+        from restyle.raysupport import require_ray
+
+        require_ray()  # before reading anything: say how to install it
 
     flags = dict(
         garment=garment or None,
@@ -125,15 +150,43 @@ def batch(
         protector=protect_with,
         mask_table=mask_table,
     )
-    with status(f"Loading {engine.config.inpainter} ..."):
-        _ = engine.inpainter
+    if ray:
+        runner = _ray_runner(engine, output, options, ray_address, actors, gpus_per_actor, cpus_per_actor)
+    else:
+        with status(f"Loading {engine.config.inpainter} ..."):
+            _ = engine.inpainter
+        runner = BatchRunner(engine, output, options)
     with RowBar(len(rows)) as on_record:
-        summary = BatchRunner(engine, output, options, on_record=on_record).run(rows)
+        runner.on_record = on_record
+        summary = runner.run(rows)
     _say_summary(summary)
     if summary.interrupted:
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _ray_runner(
+    engine: Any,
+    output: Path,
+    options: Any,
+    address: str | None,
+    actors: int | None,
+    gpus: float | None,
+    cpus: float | None,
+) -> Any:
+    from restyle.batch.ray_data import RayBatchRunner, RayOptions
+
+    def say(plan: Any) -> None:
+        where = "GPU" if plan.gpus else "CPU"
+        typer.echo(
+            f"ray: {plan.actors} {where} actor(s) ({plan.gpus:g} GPU, {plan.cpus:g} CPU each), "
+            f"{plan.rows_per_task} rows per task",
+            err=True,
+        )
+
+    ray_options = RayOptions(address=address, actors=actors, gpus_per_actor=gpus, cpus_per_actor=cpus)
+    return RayBatchRunner(engine, output, options, ray_options, on_plan=say)
 
 
 def _given(values: dict[str, Any]) -> dict[str, Any]:

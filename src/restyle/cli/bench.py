@@ -1,4 +1,4 @@
-"""`restyle bench train|infer`: the benchmarks whose figures go to docs/PERFORMANCE.md."""
+"""`restyle bench train|infer|batch`: the benchmarks whose figures go to docs/PERFORMANCE.md."""
 
 from __future__ import annotations
 
@@ -129,4 +129,56 @@ def _bench_family(
         typer.echo(f"wrote {json_out}")
     if write is not None:
         write_section(write, table, name=f"infer-{arch}")
+        typer.echo(f"updated {write}")
+
+
+@bench_app.command("batch")
+def bench_batch(
+    rows: Annotated[int, typer.Option(help="Manifest rows (one image each by default).")] = 32,
+    actors: Annotated[int, typer.Option(help="Ray Data actors (CPU threads are split between them).")] = 2,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per row.")] = 1,
+    steps: Annotated[int, typer.Option(help="Denoising steps per image.")] = 8,
+    size: Annotated[int, typer.Option(help="Working long side (multiple of 8).")] = 256,
+    max_batch: Annotated[int, typer.Option(help="Images denoised together.")] = 4,
+    window: Annotated[int, typer.Option(help="Rows per window (local) and per actor task (Ray).")] = 4,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="A Ray cluster to join; else a local instance.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    write: Annotated[Path | None, typer.Option(help="Update this markdown file's batch section.")] = None,
+) -> None:
+    """Batch throughput on the tiny models: one process, then Ray Data actors (needs restyle[ray])."""
+    import tempfile
+
+    from restyle.models.tiny import build_tiny_models
+    from restyle.perf.batch import batch_table, run_bench
+    from restyle.perf.batch import write_json as save
+    from restyle.perf.sections import write_section
+    from restyle.raysupport import require_ray
+
+    require_ray("bench batch")
+    for name, value, low in (("rows", rows, 1), ("actors", actors, 1), ("steps", steps, 1)):
+        if value < low:
+            raise InvalidParameterError(f"{name}: must be at least {low}, got {value}", field=name)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_tiny_models(Path(tmp) / "tiny")
+        result = run_bench(
+            models,
+            rows=rows,
+            actors=actors,
+            num_images=num_images,
+            steps=steps,
+            size=size,
+            max_batch=max_batch,
+            window=window,
+            address=ray_address,
+            log=lambda line: typer.echo(line, err=True),
+        )
+    table = batch_table(result, "tiny random models (restyle models tiny)")
+    typer.echo(table)
+    if json_out is not None:
+        save(result, json_out)
+        typer.echo(f"wrote {json_out}")
+    if write is not None:
+        write_section(write, table, name="batch")
         typer.echo(f"updated {write}")

@@ -134,6 +134,30 @@ def serve(
             help="Without an API key, also answer this Host name (repeat); loopback names always are.",
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Serve from Ray Serve replicas (pip install 'restyle[ray]'); see SCALING.md."
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RAY_ADDRESS", help="With --ray: the cluster to join (auto, host:6379); else local."
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="With --ray: replicas, each with its own models.")] = 2,
+    min_replicas: Annotated[
+        int | None, typer.Option(help="With --ray: autoscale from this many (with --max-replicas).")
+    ] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="With --ray: autoscale up to this many.")] = None,
+    target_ongoing: Annotated[
+        float, typer.Option(help="With --ray autoscaling: ongoing requests per replica to aim for.")
+    ] = 2.0,
+    gpus_per_replica: Annotated[
+        float | None, typer.Option(help="With --ray: GPUs per replica (default 1 on a GPU cluster, else 0).")
+    ] = None,
+    cpus_per_replica: Annotated[float, typer.Option(help="With --ray: CPUs per replica.")] = 1.0,
 ) -> None:
     """Run the HTTP API (SageMaker /ping + /invocations, and /v1). Docs at /docs."""
     from restyle.serve.app import ServerSettings, create_app
@@ -160,7 +184,26 @@ def serve(
     from restyle.serve.jobs import JobStore
 
     JobStore(output).probe()  # a full or read-only output folder fails now, not at the first request
-    sockets = bind(host, port)  # before any model loads: a taken port fails now, in one line
+    serve_options = None
+    if ray:
+        from restyle.raysupport import require_ray
+        from restyle.serve.ray_app import ServeOptions
+
+        require_ray()
+        serve_options = ServeOptions(
+            replicas=replicas,
+            min_replicas=min_replicas,
+            max_replicas=max_replicas,
+            target_ongoing_requests=target_ongoing,
+            gpus_per_replica=gpus_per_replica,
+            cpus_per_replica=cpus_per_replica,
+            host=host,
+            port=port,
+        )
+        serve_options.check()
+        sockets: list[socket.socket] = []
+    else:
+        sockets = bind(host, port)  # before any model loads: a taken port fails now, in one line
     flags = dict(
         segmenter=segmenter,
         protector=protect_with,
@@ -185,6 +228,9 @@ def serve(
         allowed_hosts=("*",) if gateway else _served_names(host, allow_host),
     )
     _log_like_uvicorn()
+    if serve_options is not None:
+        _run_ray(settings, factory, serve_options, ray_address, output.resolve())
+        return
     fastapi_app = create_app(settings, factory)
     shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
     typer.echo(f"restyle serving on http://{shown}:{port}  (docs: /docs, health: /ping, results: {output})")
@@ -210,6 +256,34 @@ def _run_uvicorn(fastapi_app: Any, host: str, port: int, sockets: list[socket.so
     try:
         Server(uv_config).run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn has shut down gracefully, then re-raised Ctrl-C
+        typer.echo("restyle stopped")
+
+
+def _run_ray(settings: Any, factory: Any, options: Any, address: str | None, output: Path) -> None:
+    """Start the replicas (returns once all are ready), then hold until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+    from dataclasses import replace
+
+    from restyle.serve import ray_app
+
+    settings = replace(settings, output_dir=output)  # replicas may run elsewhere: an absolute path
+    count = f"{options.min_replicas}-{options.max_replicas}" if options.autoscaling else str(options.replicas)
+    typer.echo(f"restyle: starting {count} Ray Serve replica(s) ...", err=True)
+    connection = ray_app.start(settings, factory, options, address)
+    shown = f"[{options.host}]" if ":" in options.host else options.host or "0.0.0.0"
+    typer.echo(
+        f"restyle serving on http://{shown}:{options.port} from {count} Ray Serve replica(s)  "
+        f"(docs: /docs, health: /ping, results: {output})"
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_app.stop(connection)
         typer.echo("restyle stopped")
 
 

@@ -28,6 +28,7 @@ from restyle.serve.security import BodyLimit, RequestGuard, require_key
 
 log = logging.getLogger("restyle.serve")
 
+REPLICA_HEADER = "X-Restyle-Replica"
 DEFAULT_MAX_BODY = 6 * 1024 * 1024  # the real-time endpoint platform's payload limit
 DEFAULT_MAX_PIXELS = SERVER_MAX_PIXELS  # the handler in model.tar.gz has the same limit
 
@@ -49,6 +50,9 @@ class ServerSettings:
     shutdown_grace_s: float = 30.0  # how long shutdown waits for the running job
     # Host names answered without an API key, besides loopback ones; ("*",): any (a gateway decides)
     allowed_hosts: tuple[str, ...] = ()
+    # One of several servers sharing output_dir (Ray Serve replicas): this one's id (restyle.serve.shared)
+    replica: str | None = None
+    load_at_start: bool = False  # load the models before the app starts (Ray Serve: ready replicas only)
 
 
 @dataclass
@@ -71,21 +75,37 @@ def create_app(
     """Build the app. `service_factory` loads the models (in a background thread, so /ping answers 503
     meanwhile); the default resolves the configured models or the tiny-model preview."""
     settings = settings or ServerSettings()
-    store = JobStore(settings.output_dir)
+    replicas = None
+    if settings.replica and settings.output_dir is not None:
+        from restyle.serve.shared import Replicas
+
+        replicas = Replicas(settings.output_dir, settings.replica)
+    store = JobStore(settings.output_dir, replicas=replicas)
     worker = Worker(settings.queue_size, on_end=store.record, max_batch=settings.max_batch)
     state = ServerState(settings, worker, store)
     factory = service_factory or default_service_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if replicas is not None:
+            await asyncio.to_thread(replicas.beat)  # before recover: this replica is alive
         await asyncio.to_thread(store.recover)  # jobs a killed run had accepted: failed, interrupted
         state.loop = asyncio.get_running_loop()
         worker.start()
-        loader = threading.Thread(target=_load, args=(state, factory), name="restyle-loader", daemon=True)
-        loader.start()
+        if replicas is not None:
+            replicas.start(store, worker)
+        if settings.load_at_start:  # Ray Serve routes to a replica only once this returns
+            await asyncio.to_thread(_load, state, factory)
+            if state.load_error:
+                raise RuntimeError(f"models failed to load: {state.load_error}")
+        else:
+            loader = threading.Thread(target=_load, args=(state, factory), name="restyle-loader", daemon=True)
+            loader.start()
         yield
         state.ready = False
         await asyncio.to_thread(worker.stop, settings.shutdown_grace_s)
+        if replicas is not None:
+            await asyncio.to_thread(replicas.stop)
 
     app = FastAPI(
         title="restyle",
@@ -106,6 +126,8 @@ def create_app(
         response = await call_next(request)
         if state.service is not None and state.service.preview:
             response.headers["X-Restyle-Preview"] = "true"
+        if settings.replica:  # which replica answered (and that restyle answered, not Ray's proxy)
+            response.headers[REPLICA_HEADER] = settings.replica
         return response
 
     _add_studio(app)

@@ -523,11 +523,14 @@ class JobStore:
     server that is then killed is still known after a restart: `recover()` marks it failed (interrupted).
     """
 
-    def __init__(self, root: Path | None, keep: int = 1000) -> None:
+    def __init__(self, root: Path | None, keep: int = 1000, replicas: Any = None) -> None:
         self.root = root
         self.keep = keep
         self._jobs: dict[str, Job] = {}
         self.storage_error: str | None = None  # the last failed write, until a write succeeds
+        # restyle.serve.shared.Replicas when several servers share `root` (Ray Serve): records carry
+        # their replica's id, and an unfinished record of a replica that died reads as interrupted
+        self.replicas = replicas
 
     def add(self, job: Job) -> None:
         """Keep the job and write its first record; a failed write raises StorageError (507)."""
@@ -557,7 +560,55 @@ class JobStore:
         path = self.root / job_id / "job.json"
         if not path.is_file():
             return None
-        return _read_record(path, job_id)
+        record = _read_record(path, job_id)
+        if self._orphaned(record):
+            record = self._interrupt(path.parent.name, record) or record
+        return record
+
+    def live(self) -> list[Job]:
+        """The jobs of this server that have not ended."""
+        return [job for job in list(self._jobs.values()) if not job.ended]
+
+    def publish(self, job: Job, status: dict[str, Any]) -> bool:
+        """Write a live job's current status (shared output: other replicas read it); never after its final
+        record (the worker claims a job before writing that). False when not written."""
+        with job._lock:
+            if job._claimed:
+                return False
+            try:
+                self._write(job.id, status)
+            except StorageError:
+                return False
+        return True
+
+    def _orphaned(self, record: dict[str, Any]) -> bool:
+        """An unfinished record of another replica that is no longer alive (shared output only)."""
+        return (
+            self.replicas is not None
+            and record.get("state") not in FINAL_STATES
+            and record.get("id") not in self._jobs
+            and not self.replicas.alive(record.get("replica"))
+        )
+
+    def _interrupt(self, job_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Mark an unfinished record failed (interrupted) on disk; the new record, or None."""
+        gone = record.get("replica") if self.replicas is not None else None
+        who = f"replica {gone}" if gone else "the server"
+        record = {
+            **record,
+            "state": "failed",
+            "position": None,
+            "finished": time.time(),
+            "error": _error(
+                "interrupted", f"{who} stopped before this job ended; send the request again", 503
+            ),
+        }
+        try:
+            self._write(job_id, record)
+        except StorageError:
+            log.error("could not mark job %s as interrupted", job_id)
+            return None
+        return record
 
     def record(self, job: Job, status: dict[str, Any]) -> None:
         """Write the job's final status atomically beside its files."""
@@ -571,6 +622,8 @@ class JobStore:
         if self.root is None:
             return
         folder = self.root / job_id
+        if self.replicas is not None:
+            status = {**status, "replica": status.get("replica") or self.replicas.replica}
         text = json.dumps(status, indent=2, default=str)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -598,7 +651,11 @@ class JobStore:
         self.storage_error = None
 
     def recover(self) -> list[str]:
-        """At start-up: records a previous run left queued or running are marked failed (interrupted)."""
+        """At start-up: records a previous run left queued or running are marked failed (interrupted).
+
+        With a shared output (replicas), only those of replicas that are no longer alive; the replicas
+        also run this every STALE_S, so a dead replica's jobs are marked even if nobody asks for them.
+        """
         if self.root is None or not self.root.is_dir():
             return []
         marked = []
@@ -609,20 +666,10 @@ class JobStore:
                 continue
             if record.get("state") in FINAL_STATES:
                 continue
-            record.update(
-                state="failed",
-                position=None,
-                finished=time.time(),
-                error=_error(
-                    "interrupted", "the server stopped before this job ended; send the request again", 503
-                ),
-            )
-            try:
-                self._write(path.parent.name, record)
-            except StorageError:
-                log.error("could not mark job %s as interrupted", path.parent.name)
+            if self.replicas is not None and not self._orphaned(record):
                 continue
-            marked.append(path.parent.name)
+            if self._interrupt(path.parent.name, record) is not None:
+                marked.append(path.parent.name)
         if marked:
             log.warning("%d job(s) of a previous run were interrupted: %s", len(marked), ", ".join(marked))
         return marked

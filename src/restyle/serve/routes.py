@@ -49,6 +49,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 MAX_STREAMS = 64  # open event streams per server; more get 503 (each holds a connection and a task)
+SHARED_POLL_S = 0.5  # how often a replica re-reads another replica's job record (events, cancel)
 KEEPALIVE_S = 15.0  # an SSE comment after this long without news keeps proxies from closing the stream
 
 sagemaker = APIRouter(tags=["SageMaker contract"])
@@ -298,8 +299,14 @@ async def _events(request: Request, found: Job | dict[str, Any]) -> AsyncIterato
         elif time.monotonic() - quiet_since >= KEEPALIVE_S:
             quiet_since = time.monotonic()
             yield ": keep-alive\n\n"  # a long queue wait must not look like a dead connection
-        if status["state"] in TERMINAL or not isinstance(found, Job):
+        if status["state"] in TERMINAL:
             return
+        if not isinstance(found, Job):  # another replica's job (shared output): follow its record
+            if _state(request).store.replicas is None:
+                return
+            await asyncio.sleep(SHARED_POLL_S)
+            found = _find(request, str(status["id"]))
+            continue
         await changes.wait(max(0.05, KEEPALIVE_S - (time.monotonic() - quiet_since)))
 
 
@@ -310,6 +317,14 @@ async def cancel_job(job_id: str, request: Request) -> Any:
     if isinstance(found, Job) and not found.ended:
         _state(request).worker.cancel(found)
         await found.wait(5.0)
+    elif not isinstance(found, Job) and found["state"] not in TERMINAL:
+        replicas = _state(request).store.replicas
+        if replicas is not None:  # another replica's job: ask it, and wait a little for its answer
+            replicas.request_cancel(job_id)
+            deadline = time.monotonic() + 5.0
+            while _status(request, found)["state"] not in TERMINAL and time.monotonic() < deadline:
+                await asyncio.sleep(SHARED_POLL_S)
+                found = _find(request, job_id)
     return _status(request, found)
 
 

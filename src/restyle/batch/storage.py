@@ -1,0 +1,82 @@
+"""Where a batch row's files come from: a local (or shared-filesystem) path, an http(s) URL, or any URI
+pyarrow's filesystems understand (`s3://`, `gs://`, `abfs://`, `hdfs://`, `file://`), as Ray Data reads.
+
+A row's photo and mask are read here as bytes; `restyle.images` decodes and checks them as for any input.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from restyle.errors import InvalidParameterError
+
+MAX_BYTES = 64 * 1024 * 1024  # a photo file larger than this is refused before it is read whole
+HTTP_TIMEOUT_S = 30.0
+
+
+def is_uri(text: str) -> bool:
+    """`scheme://...` (a URL or a pyarrow filesystem URI), not a local path."""
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.isascii() and scheme.replace("+", "").isalnum() and len(scheme) > 1
+
+
+def read_source(source: str | Path, *, field: str, limit: int = MAX_BYTES) -> bytes | Path:
+    """A local path as it is (restyle.images opens it); a URL or URI read into bytes.
+
+    Raises:
+        InvalidParameterError: it cannot be read, or is larger than `limit` (names `field`).
+    """
+    text = str(source)
+    if not is_uri(text):
+        return Path(source)
+    scheme = text.partition("://")[0].lower()
+    if scheme in ("http", "https"):
+        return _read_http(text, field, limit)
+    return _read_arrow(text, field, limit)
+
+
+def _read_http(url: str, field: str, limit: int) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "restyle-batch"})
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as answer:
+            data = answer.read(limit + 1)
+    except urllib.error.HTTPError as err:
+        raise InvalidParameterError(f"{field}: {url} answered HTTP {err.code}", field=field) from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise InvalidParameterError(f"{field}: cannot fetch {url} ({reason})", field=field) from None
+    return _within(data, url, field, limit)
+
+
+def _read_arrow(uri: str, field: str, limit: int) -> bytes:
+    try:
+        import pyarrow.fs as pafs
+    except ImportError:
+        raise InvalidParameterError(
+            f"{field}: {uri} needs pyarrow to read (pip install 'restyle[ray]' brings it)", field=field
+        ) from None
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise InvalidParameterError(f"{field}: no such file: {uri}", field=field)
+        if info.size is not None and info.size > limit:
+            raise InvalidParameterError(
+                f"{field}: {uri} is {info.size:,} bytes; the limit is {limit:,}", field=field
+            )
+        with fs.open_input_stream(path) as stream:
+            data = stream.read(limit + 1)
+    except InvalidParameterError:
+        raise
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid / ArrowIOError are these
+        raise InvalidParameterError(f"{field}: cannot read {uri} ({err})", field=field) from None
+    return _within(data, uri, field, limit)
+
+
+def _within(data: Any, where: str, field: str, limit: int) -> bytes:
+    if len(data) > limit:
+        raise InvalidParameterError(f"{field}: {where} is over the limit of {limit:,} bytes", field=field)
+    return bytes(data)
