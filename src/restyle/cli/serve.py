@@ -270,20 +270,22 @@ def _run_ray(settings: Any, factory: Any, options: Any, address: str | None, out
     settings = replace(settings, output_dir=output)  # replicas may run elsewhere: an absolute path
     count = f"{options.min_replicas}-{options.max_replicas}" if options.autoscaling else str(options.replicas)
     typer.echo(f"restyle: starting {count} Ray Serve replica(s) ...", err=True)
-    connection = ray_app.start(settings, factory, options, address)
-    shown = f"[{options.host}]" if ":" in options.host else options.host or "0.0.0.0"
-    typer.echo(
-        f"restyle serving on http://{shown}:{options.port} from {count} Ray Serve replica(s)  "
-        f"(docs: /docs, health: /ping, results: {output})"
-    )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    connection = None
     try:
+        connection = ray_app.start(settings, factory, options, address)
+        shown = f"[{options.host}]" if ":" in options.host else options.host or "0.0.0.0"
+        typer.echo(
+            f"restyle serving on http://{shown}:{options.port} from {count} Ray Serve replica(s)  "
+            f"(docs: /docs, health: /ping, results: {output})"
+        )
         stopping.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        ray_app.stop(connection)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        ray_app.stop(connection)  # None (stopped while starting): whatever this process started
         typer.echo("restyle stopped")
 
 

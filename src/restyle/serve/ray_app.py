@@ -16,6 +16,7 @@ replica. Start it with `restyle serve --ray` (see docs/SCALING.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ APP_NAME = "restyle"
 DEPLOYMENT_NAME = "restyle"
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "restyle.serve.ray_app:proxy_middlewares"
+_STARTED_HERE = False  # start() began a Ray instance of its own (stop() ends it, even mid-start)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,10 @@ def start(
 
     if address is None and not os.environ.get("RAY_ADDRESS"):
         os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)  # the local instance's proxy inherits it
+    global _STARTED_HERE
+    _STARTED_HERE = (
+        address is None and not os.environ.get("RAY_ADDRESS") and not require_ray().is_initialized()
+    )
     connection = connect(address)
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(deployment(settings, factory, options), name=APP_NAME, route_prefix="/")
@@ -166,14 +172,19 @@ def start(
 
 
 def stop(connection: Any) -> None:
+    """Remove the app; stop Serve and Ray too when this process started them. `connection` None (stopped
+    while starting): whatever this process started (a Ray instance it started itself) is stopped."""
+    import ray
     from ray import serve
 
-    from restyle.raysupport import disconnect
-
-    serve.delete(APP_NAME)
-    if connection.started_here:
+    if not ray.is_initialized():
+        return
+    started_here = _STARTED_HERE if connection is None else connection.started_here
+    with contextlib.suppress(Exception):  # not deployed yet (stopped while starting)
+        serve.delete(APP_NAME)
+    if started_here:
         serve.shutdown()
-        disconnect(connection)
+        ray.shutdown()
 
 
 # --- the proxy side ------------------------------------------------------------------------------------
