@@ -268,3 +268,25 @@ def test_a_replica_killed_mid_request(ray_instance, http, service, photo, box_ma
     seen = _replicas_seen(http)
     assert len(seen) == 2 and victim not in seen, seen
     print(f"2 replicas again {time.monotonic() - killed_at:.1f} s after the kill")
+
+
+def test_the_deployment_carries_the_replica_and_autoscaling_options(tmp_path):
+    """What `restyle serve --ray` asks Ray Serve for (no cluster needed to build it)."""
+    from restyle.serve.ray_app import deployment
+
+    settings = ServerSettings(output_dir=tmp_path)
+    scaled = deployment(
+        settings, lambda s: None, ServeOptions(min_replicas=1, max_replicas=4, gpus_per_replica=0)
+    )
+    config = scaled._bound_deployment._deployment_config
+    auto = config.autoscaling_config
+    assert (auto.min_replicas, auto.max_replicas, auto.target_ongoing_requests) == (1, 4, 2.0)
+    assert config.max_ongoing_requests == 32
+    fixed = deployment(
+        settings, lambda s: None, ServeOptions(replicas=3, gpus_per_replica=1, cpus_per_replica=2)
+    )
+    bound = fixed._bound_deployment
+    assert bound._deployment_config.num_replicas == 3
+    assert bound.ray_actor_options == {"num_gpus": 1, "num_cpus": 2}
+    with pytest.raises(Exception, match="output: replicas share job records"):
+        deployment(ServerSettings(output_dir=None), lambda s: None, ServeOptions(gpus_per_replica=0))
