@@ -177,3 +177,27 @@ def test_a_lora_style_switches_on_and_off(family_folder, family, tmp_path):
     assert not _same(base, styled.images[0])
     assert _same(base, inpainter.run(img, mask, params).images[0])  # off again: the base model's image
     assert unchanged_outside(img, styled.images[0], mask)
+
+
+@pytest.mark.parametrize(("asked", "sent", "ran"), [(1.0, (0.9999, 5), 4), (0.5, (0.5, 4), 2)])
+def test_sdxl_gets_its_recommended_strength_for_a_full_repaint(
+    family_inpainter, asked, sent, ran, monkeypatch
+):
+    """SDXL's pipeline default (0.9999): at exactly 1.0 its masked photo would not enter the start latents.
+    A full repaint still runs every step asked for; a lower strength runs that share of them."""
+    inpainter = family_inpainter("sdxl")
+    pipe_cls = type(inpainter.pipe)
+    seen: list[float] = []
+    real_call = pipe_cls.__call__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["strength"], kwargs["num_inference_steps"]))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_cls, "__call__", spy)
+    img, mask = _case(64, 64, 3)
+    steps: list[int] = []
+    params = StyleParams(prompt="x", strength=asked, steps=4, num_images=1)
+    result = inpainter.run(img, mask, params, progress=lambda d, t: steps.append(d))
+    assert seen == [sent]
+    assert len(result.images) == 1 and steps == list(range(1, ran + 1))

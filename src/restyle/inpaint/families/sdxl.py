@@ -28,15 +28,26 @@ SDXL = Family(
 )
 
 
+# The SDXL inpainting pipeline's own default and the model card's advice: at exactly 1.0 the masked photo
+# does not enter the starting latents at all; just below 1.0 it does. diffusers then runs
+# int(steps * strength) steps, one fewer than asked, so a full repaint schedules one step more: exactly
+# `steps` steps run, starting just below pure noise.
+MAX_STRENGTH = 0.9999
+
+
 class SDXLAdapter(UNetAdapter):
     family = SDXL
     hint = "Use diffusers/stable-diffusion-xl-1.0-inpainting-0.1 or another 9-channel SDXL inpainter."
 
     def denoise(self, items: list, generators: list[Any], on_step: StepCallback) -> list[Image.Image]:
         rows = expand(items)
+        kwargs = batch_kwargs(items, generators, on_step)
+        if kwargs["strength"] >= 1.0:
+            kwargs["strength"] = MAX_STRENGTH
+            kwargs["num_inference_steps"] += 1
         out = self.pipe(
             prompt=[p.params.prompt for p in rows],
             negative_prompt=[p.params.negative_prompt for p in rows],
-            **batch_kwargs(items, generators, on_step),
+            **kwargs,
         )
         return list(out.images)
