@@ -111,7 +111,8 @@ class Restyler:
         self, garment: str | list[str], params: MaskParams | None
     ) -> tuple[str | list[str], MaskParams | None]:
         """The mask table's wording for each garment text it knows ("the gown" -> "a dress"), and its
-        threshold where the request left the default (`config.mask_table`; unchanged without one)."""
+        threshold where the request left the default, per garment (`MaskParams.garment_thresholds`: a
+        garment the table does not know keeps the default); unchanged without `config.mask_table`."""
         if not self.config.mask_table:
             return garment, params
         if self._table is None:
@@ -127,7 +128,9 @@ class Restyler:
         if params.threshold == MaskParams().threshold:  # the request did not choose one
             from dataclasses import replace
 
-            params = replace(params, threshold=min(hit[1] for hit in hits if hit))
+            # each known garment its measured threshold; one the table does not know keeps the default
+            thresholds = tuple(hit[1] if hit else params.threshold for hit in hits)
+            params = replace(params, garment_thresholds=thresholds)
         return words, params
 
     def prepare(

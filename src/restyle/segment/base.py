@@ -39,10 +39,26 @@ class MaskParams:
     feather: int = 6  # pixels of soft outward edge for compositing
     fill_holes: bool = True  # close holes enclosed by the garment
     min_area: float = 0.0005  # components smaller than this fraction of the image are dropped
+    # one threshold per garment prompt, in order, instead of `threshold` (a mask table's measured ones);
+    # None: `threshold` for every garment
+    garment_thresholds: tuple[float, ...] | None = None
+
+    def thresholds(self, count: int) -> tuple[float, ...]:
+        """The threshold of each of `count` garment prompts."""
+        if self.garment_thresholds is None:
+            return (self.threshold,) * count
+        if len(self.garment_thresholds) != count:
+            raise InvalidParameterError(
+                f"garment_thresholds: {len(self.garment_thresholds)} thresholds for {count} garments",
+                field="garment_thresholds",
+            )
+        return self.garment_thresholds
 
     def check(self) -> None:
         """Raise InvalidParameterError naming the first bad field and its limit."""
         _in_range("threshold", self.threshold, 0.0, 1.0)
+        for value in self.garment_thresholds or ():
+            _in_range("garment_thresholds", value, 0.0, 1.0)
         _in_range("protect_threshold", self.protect_threshold, 0.0, 1.0)
         _in_range("grow", self.grow, -MAX_GROW, MAX_GROW)
         _in_range("feather", self.feather, 0, MAX_GROW)
@@ -195,11 +211,18 @@ def refine(
     """Probability maps (P, H, W) and (Q, H, W) to a refined, feathered mask."""
     h, w = garment_probs.shape[1:]
     union = garment_probs.max(axis=0)
-    mask = union > params.threshold
+    limits = np.asarray(params.thresholds(len(garments)), dtype=garment_probs.dtype)
+    over = garment_probs > limits[:, None, None]  # each garment above its own threshold
+    mask = over.any(axis=0)
     if not mask.any():
+        below = (
+            f"the threshold {params.threshold:.2f}"
+            if params.garment_thresholds is None
+            else "their thresholds " + ", ".join(f"{t:.2f}" for t in limits)
+        )
         raise NoGarmentFoundError(
             f"no garment found for {' + '.join(repr(g) for g in garments)}: the highest probability is "
-            f"{float(union.max()):.2f}, below the threshold {params.threshold:.2f}. Try a lower threshold "
+            f"{float(union.max()):.2f}, below {below}. Try a lower threshold "
             "or other wording ('the dress', 'a long skirt').",
             field="garment",
         )
@@ -228,8 +251,6 @@ def refine(
         confidence=confidence,
         prompts=garments,
         protect=guards,
-        prompt_areas={
-            g: round(float((p > params.threshold).mean()), 5) for g, p in zip(garments, garment_probs)
-        },
+        prompt_areas={g: round(float(o.mean()), 5) for g, o in zip(garments, over)},
         params=params,
     )

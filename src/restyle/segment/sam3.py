@@ -222,7 +222,7 @@ class Sam3Segmenter(BaseSegmenter):
         roles = [[t.format(p) for p in prompts for t in params.templates] for prompts in (garments, guards)]
         self.check_length(roles[0], "garment")
         self.check_length(roles[1], "protect")
-        floor = min(INSTANCE_FLOOR, params.threshold, params.protect_threshold)
+        floor = min(INSTANCE_FLOOR, *params.thresholds(len(garments)), params.protect_threshold)
         probs = self.text_probabilities(image, [*roles[0], *roles[1]], floor)  # ((P + Q) * T, H, W)
         probs = probs.reshape(len(garments) + len(guards), len(params.templates), *probs.shape[1:]).mean(1)
         return probs[: len(garments)], probs[len(garments) :]
