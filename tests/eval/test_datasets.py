@@ -252,3 +252,47 @@ def test_class_maps(tmp_path):
         "Dress": ["the dress", "a dress", "dress"],
         "upper_clothes": ["the upper clothes", "an upper clothes", "upper clothes"],
     }
+
+
+@pytest.mark.parametrize("fmt", ["labelmap", "coco"])
+def test_a_set_is_read_one_photo_at_a_time(synthetic, fmt, monkeypatch):
+    """open_label_maps / open_coco read nothing up front but the index; slicing reads nothing; a photo is
+    read when it is asked for (a 17k-photo set is never in memory whole)."""
+    import restyle.eval.datasets as datasets
+
+    reads: list[str] = []
+    real = datasets.load_image
+    monkeypatch.setattr(
+        datasets, "load_image", lambda path, **kw: reads.append(Path(path).stem) or real(path, **kw)
+    )
+    if fmt == "labelmap":
+        photos = datasets.open_label_maps(synthetic["images"], synthetic["labels"], synthetic["label_names"])
+        eager = read_label_maps(synthetic["images"], synthetic["labels"], synthetic["label_names"])
+    else:
+        photos = datasets.open_coco(synthetic["annotations"], synthetic["images"])
+        eager = read_coco(synthetic["annotations"], synthetic["images"])
+    reads.clear()
+    first_two = photos[:2]
+    assert len(photos) == 6 and len(first_two) == 2 and reads == []
+    assert [p.name for p in first_two] == [p.name for p in eager[:2]] and len(reads) == 2
+    last = photos[-1]
+    assert last.name == eager[-1].name and sorted(last.masks) == sorted(eager[-1].masks)
+    assert all(np.array_equal(last.masks[k], eager[-1].masks[k]) for k in last.masks)
+    assert len(reads) == 3
+    with pytest.raises(IndexError):
+        photos[6]
+
+
+def test_eval_masks_limit_reads_only_the_first_photos(synthetic, monkeypatch):
+    import restyle.eval.datasets as datasets
+    from restyle.cli.eval import _read_set
+
+    reads: list[str] = []
+    real = datasets.load_image
+    monkeypatch.setattr(
+        datasets, "load_image", lambda path, **kw: reads.append(Path(path).stem) or real(path, **kw)
+    )
+    photos = _read_set(synthetic["root"], None, None, None, 2)
+    assert len(photos) == 2 and reads == []
+    list(photos)
+    assert len(reads) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,9 +52,10 @@ def _segmenters(ids: list[str] | None, device: str | None) -> dict[str, Any]:
 
 def _read_set(
     data: Path, fmt: str | None, labels: Path | None, annotations: Path | None, limit: int | None
-) -> list[Any]:
-    """The labelled photos of DATA in its format (detected: labels/ -> labelmap, annotations.json -> coco)."""
-    from restyle.eval.datasets import read_coco, read_label_maps
+) -> Sequence[Any]:
+    """The labelled photos of DATA in its format (detected: labels/ -> labelmap, annotations.json -> coco),
+    read one at a time as the evaluation asks for them (never the whole set at once)."""
+    from restyle.eval.datasets import open_coco, open_label_maps
 
     if not data.is_dir():
         raise InvalidParameterError(f"DATA: no such folder: {data}", field="DATA")
@@ -62,9 +64,9 @@ def _read_set(
     if fmt not in FORMATS:
         raise InvalidParameterError(f"--format: {fmt!r}; use one of {', '.join(FORMATS)}", field="format")
     if fmt == "coco":
-        photos = read_coco(annotations or data / "annotations.json", data / "images")
+        photos = open_coco(annotations or data / "annotations.json", data / "images")
     else:
-        photos = read_label_maps(data / "images", data / "labels", labels or data / "labels.txt")
+        photos = open_label_maps(data / "images", data / "labels", labels or data / "labels.txt")
     if limit is not None:
         if limit < 1:
             raise InvalidParameterError(f"--limit: at least 1, got {limit}", field="limit")
@@ -72,7 +74,7 @@ def _read_set(
     return photos
 
 
-def _class_map(data: Path, classes: Path | None, photos: list[Any]) -> dict[str, list[str]]:
+def _class_map(data: Path, classes: Path | None, photos: Sequence[Any]) -> dict[str, list[str]]:
     """--classes, else DATA/classes.json, else "the X" / "a X" / "X" for every class the photos show."""
     from restyle.eval.datasets import default_class_map, load_class_map
 

@@ -79,6 +79,62 @@ def _read_label_map(path: Path) -> np.ndarray:
         raise _bad(path, f"not a readable label map ({err})", image=True) from err
 
 
+class LazyPhotos(Sequence[LabelledPhoto]):
+    """Labelled photos read from disk when asked for, one at a time, so a set of any size (ATR: 17k
+    photos) is never held in memory whole; slicing (`photos[:100]`) reads nothing. A photo's problems
+    (a corrupt file, a label map of the wrong size) are raised when it is read, naming its file."""
+
+    def __init__(self, count: int, load: Any, indices: range | None = None) -> None:
+        self._load = load  # index -> LabelledPhoto
+        self._indices = indices if indices is not None else range(count)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return LazyPhotos(0, self._load, self._indices[index])
+        return self._load(self._indices[index])
+
+
+def open_label_maps(
+    images_dir: str | Path,
+    labels_dir: str | Path,
+    label_names: Sequence[str] | str | Path,
+    *,
+    ignore_ids: tuple[int, ...] = IGNORE_IDS,
+) -> LazyPhotos:
+    """An ATR / LIP / CIHP style set, read lazily (see `read_label_maps`, which reads it all at once).
+
+    The folders, the class names and that every label map has its photo are checked now; each photo
+    and label map is read when it is asked for.
+    """
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    names = _read_names(label_names)
+    for folder in (images_dir, labels_dir):
+        if not folder.is_dir():
+            raise _bad(folder, "no such folder")
+    labels = sorted(labels_dir.glob("*.png"))
+    if not labels:
+        raise _bad(labels_dir, "no label maps (*.png) here")
+    pairs = [(label, _find_photo(images_dir, label.stem, label)) for label in labels]
+
+    def load(index: int) -> LabelledPhoto:
+        label, photo = pairs[index]
+        image = load_image(photo, field=str(photo))
+        ids = _read_label_map(label)
+        if ids.shape != (image.height, image.width):
+            raise _bad(label, f"label map is {ids.shape[1]}x{ids.shape[0]}, its photo {image.size}", True)
+        present = [int(i) for i in np.unique(ids) if int(i) not in ignore_ids]
+        if present and (present[0] < 0 or present[-1] >= len(names)):
+            bad = [i for i in present if not 0 <= i < len(names)]
+            raise _bad(label, f"class ids {bad} are out of range of the {len(names)} class names")
+        masks = {names[i]: ids == i for i in present if i != 0}
+        return LabelledPhoto(label.stem, image, masks)
+
+    return LazyPhotos(len(pairs), load)
+
+
 def read_label_maps(
     images_dir: str | Path,
     labels_dir: str | Path,
@@ -96,29 +152,9 @@ def read_label_maps(
 
     Returns:
         One LabelledPhoto per label map, sorted by stem; a mask for each class present but background.
+        (`open_label_maps` reads the same set one photo at a time.)
     """
-    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    names = _read_names(label_names)
-    for folder in (images_dir, labels_dir):
-        if not folder.is_dir():
-            raise _bad(folder, "no such folder")
-    labels = sorted(labels_dir.glob("*.png"))
-    if not labels:
-        raise _bad(labels_dir, "no label maps (*.png) here")
-    photos = []
-    for label in labels:
-        photo = _find_photo(images_dir, label.stem, label)
-        image = load_image(photo, field=str(photo))
-        ids = _read_label_map(label)
-        if ids.shape != (image.height, image.width):
-            raise _bad(label, f"label map is {ids.shape[1]}x{ids.shape[0]}, its photo {image.size}", True)
-        present = [int(i) for i in np.unique(ids) if int(i) not in ignore_ids]
-        if present and (present[0] < 0 or present[-1] >= len(names)):
-            bad = [i for i in present if not 0 <= i < len(names)]
-            raise _bad(label, f"class ids {bad} are out of range of the {len(names)} class names")
-        masks = {names[i]: ids == i for i in present if i != 0}
-        photos.append(LabelledPhoto(label.stem, image, masks))
-    return photos
+    return list(open_label_maps(images_dir, labels_dir, label_names, ignore_ids=ignore_ids))
 
 
 def decode_rle(counts: list[int] | str, height: int, width: int) -> np.ndarray:
@@ -247,6 +283,48 @@ def _load_json(path: Path) -> dict[str, Any]:
 _COCO_KEYS = ("images", "annotations", "categories")
 
 
+def open_coco(annotations_json: str | Path, images_dir: str | Path) -> LazyPhotos:
+    """A COCO-style set, read lazily (see `read_coco`, which reads it all at once): the JSON, every
+    photo's presence and every annotation's image and category are checked now; each photo and its
+    masks are read when it is asked for."""
+    path, images_dir = Path(annotations_json), Path(images_dir)
+    data = _load_json(path)
+    try:
+        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        entries = {int(e["id"]): e for e in data["images"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise _bad(path, f"images and categories need 'id' (and 'name'/'file_name'): {err!r}") from err
+    files: list[tuple[int, Path]] = []
+    for image_id, entry in entries.items():
+        file = images_dir / str(entry.get("file_name", ""))
+        if not file.is_file():
+            raise _bad(path, f"image {image_id}: no photo {file}", image=True)
+        files.append((image_id, file))
+    by_image: dict[int, list[Any]] = {image_id: [] for image_id in entries}
+    for ann in data["annotations"]:
+        where = f"annotation {ann.get('id', '?')}" if isinstance(ann, dict) else "an annotation"
+        try:
+            image_id, category = int(ann["image_id"]), int(ann["category_id"])
+            by_image[image_id].append((ann, categories[category]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise _bad(path, f"{where}: unknown or missing image_id/category_id ({err})") from err
+    del data
+
+    def load(index: int) -> LabelledPhoto:
+        image_id, file = files[index]
+        entry = entries[image_id]
+        image = load_image(file, field=str(file))
+        size = (entry.get("width", image.width), entry.get("height", image.height))
+        if tuple(size) != image.size:
+            raise _bad(path, f"image {image_id}: declared {size[0]}x{size[1]}, {file} is {image.size}", True)
+        photo = LabelledPhoto(Path(file).stem, image)
+        for ann, name in by_image[image_id]:
+            _add_annotation(path, ann, photo, name)
+        return photo
+
+    return LazyPhotos(len(files), load)
+
+
 def read_coco(annotations_json: str | Path, images_dir: str | Path) -> list[LabelledPhoto]:
     """Read a COCO-style set (Fashionpedia, ModaNet, DeepFashion2 in COCO form).
 
@@ -260,37 +338,13 @@ def read_coco(annotations_json: str | Path, images_dir: str | Path) -> list[Labe
 
     Returns:
         One LabelledPhoto per entry of `images`, in file order; photos without annotations have no masks.
+        (`open_coco` reads the same set one photo at a time.)
     """
-    path, images_dir = Path(annotations_json), Path(images_dir)
-    data = _load_json(path)
-    try:
-        categories = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-        entries = {int(e["id"]): e for e in data["images"]}
-    except (KeyError, TypeError, ValueError) as err:
-        raise _bad(path, f"images and categories need 'id' (and 'name'/'file_name'): {err!r}") from err
-    photos: dict[int, LabelledPhoto] = {}
-    for image_id, entry in entries.items():
-        file = images_dir / str(entry.get("file_name", ""))
-        if not file.is_file():
-            raise _bad(path, f"image {image_id}: no photo {file}", image=True)
-        image = load_image(file, field=str(file))
-        size = (entry.get("width", image.width), entry.get("height", image.height))
-        if tuple(size) != image.size:
-            raise _bad(path, f"image {image_id}: declared {size[0]}x{size[1]}, {file} is {image.size}", True)
-        photos[image_id] = LabelledPhoto(Path(file).stem, image)
-    for ann in data["annotations"]:
-        _add_annotation(path, ann, photos, categories)
-    return list(photos.values())
+    return list(open_coco(annotations_json, images_dir))
 
 
-def _add_annotation(
-    path: Path, ann: Any, photos: dict[int, LabelledPhoto], categories: dict[int, str]
-) -> None:
-    where = f"annotation {ann.get('id', '?')}" if isinstance(ann, dict) else "an annotation"
-    try:
-        photo, name = photos[int(ann["image_id"])], categories[int(ann["category_id"])]
-    except (KeyError, TypeError, ValueError) as err:
-        raise _bad(path, f"{where}: unknown or missing image_id/category_id ({err})") from err
+def _add_annotation(path: Path, ann: Any, photo: LabelledPhoto, name: str) -> None:
+    where = f"annotation {ann.get('id', '?')}"
     try:
         mask = _segmentation(ann.get("segmentation"), photo.image.height, photo.image.width)
     except (ValueError, TypeError) as err:
