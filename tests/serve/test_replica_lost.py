@@ -302,24 +302,41 @@ def test_a_body_over_the_replay_limit_is_answered_normally(monkeypatch: pytest.M
 
 
 def test_after_the_replayed_body_the_app_hears_the_clients_own_receive():
+    """The proxy listens for the client leaving while the request runs: after the kept body, its receive
+    is the client's own, and a client that left is not a dead replica (no second try, no answer)."""
     disconnect = {"type": "http.disconnect", "marker": "client left"}
     heard: list[list[Message]] = []
 
     async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        got = [await receive(), await receive()]
-        heard.append(got)
-        if len(heard) == 2:
-            await answer(send, 200, {"ok": True}, FROM_RB)
+        heard.append([await receive(), await receive()])  # as Ray's proxy: hears the disconnect, returns
 
     client = Client(request(BODY), disconnect)
     run(ReplicaLost(inner), client)
-    first, second = heard
+    assert len(heard) == 1, "a client that hung up was taken for a dead replica and sent again"
+    first = heard[0]
     assert first[0] == {"type": "http.request", "body": BODY, "more_body": False}
     assert first[1] is disconnect  # the client's own, not one made up before it
-    assert second[0] == {"type": "http.request", "body": BODY, "more_body": False}
-    assert second[1]["type"] == "http.disconnect"  # the client's receive again (still gone)
-    assert client.received == 3
-    assert client.status == 200
+    assert client.sent == []  # nothing sent to a client that left
+
+
+def test_restyles_own_internal_error_carries_the_replica_header(tmp_path):
+    """The real app: an unhandled error's 500 (answered outside the app's middleware) names the replica,
+    so the proxy middleware passes it on instead of taking it for a dead replica's."""
+    from fastapi.testclient import TestClient
+
+    from restyle.serve.app import REPLICA_HEADER, ServerSettings, create_app
+
+    settings = ServerSettings(output_dir=tmp_path, warmup=False, replica="rx")
+    app = create_app(settings, lambda s: (_ for _ in ()).throw(RuntimeError("no models here")))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as http:
+        r = http.get("/boom")
+    assert r.status_code == 500 and r.json()["error"] == "internal"
+    assert r.headers[REPLICA_HEADER] == "rx"
 
 
 def test_other_scopes_pass_straight_through():

@@ -119,7 +119,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # outermost: the Host, Content-Type and HEAD rules run before anything reads the request
     app.add_middleware(RequestGuard, allowed_hosts=None if settings.api_key else settings.allowed_hosts)
-    _add_error_handlers(app)
+    _add_error_handlers(app, settings.replica)
 
     @app.middleware("http")
     async def preview_header(request: Request, call_next: Any) -> Any:
@@ -323,7 +323,7 @@ def _error(status: int, body: dict[str, Any], headers: dict[str, str] | None = N
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, replica: str | None = None) -> None:
     @app.exception_handler(QueueFullError)
     async def queue_full(request: Request, err: QueueFullError) -> JSONResponse:
         return _error(503, {**as_error(err), "error": "queue_full"}, {"Retry-After": str(err.retry_after)})
@@ -363,6 +363,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
+        # this answer skips the app's middleware: name the replica here too (the Ray proxy middleware
+        # takes a 500 without it for a dead replica's)
         return _error(
-            500, {"error": "internal", "field": None, "message": f"internal error: {type(err).__name__}"}
+            500,
+            {"error": "internal", "field": None, "message": f"internal error: {type(err).__name__}"},
+            {REPLICA_HEADER: replica} if replica else None,
         )

@@ -244,8 +244,15 @@ class ReplicaLost:
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any) -> bool:
         """Run the request; True when no replica answered. Ray's proxy, when the replica dies mid-request,
         returns without an answer (uvicorn would then send a bare 500); it may also raise before one or
-        send a 500 that no restyle replica wrote. Nothing of such an answer is sent on."""
-        lost, started = False, False
+        send a 500 that no restyle replica wrote. Nothing of such an answer is sent on. A client that
+        hung up (a disconnect reached the proxy) is not a lost replica: False, and nothing is sent."""
+        lost, started, left = False, False, False
+
+        async def listen() -> dict[str, Any]:
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"
+            return message
 
         async def relay(message: dict[str, Any]) -> None:
             nonlocal lost, started
@@ -257,14 +264,18 @@ class ReplicaLost:
                 await send(message)
 
         try:
-            await self.app(scope, receive, relay)
+            await self.app(scope, listen, relay)
         except Exception as err:
+            if left:  # the client hung up: nobody to answer, nothing to redo
+                return False
             if started and not lost:  # part of an answer reached the client: nothing to redo
                 raise
             log.warning(
                 "no replica answered %s %s: %s: %s", scope["method"], scope["path"], type(err).__name__, err
             )
             return True
+        if left and not started:  # the client hung up (the proxy cancels and answers nothing)
+            return False
         return lost or not started  # the proxy gave up without an answer (the replica died)
 
 
