@@ -78,3 +78,28 @@ def cluster_gpus() -> int:
 def cluster_cpus() -> int:
     ray = require_ray()
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+PATH_FIELDS = ("segmenter", "protector", "mask_table", "inpainter")
+
+
+def absolute_config(config: Any) -> Any:
+    """`config` with every model path that exists here made absolute: actors and replicas run in other
+    folders (on a cluster, wherever `ray start` ran), so `./model` must not be looked up there. Hub ids and
+    paths that are not here stay as they are."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    changes = {}
+    for name in PATH_FIELDS:
+        value = getattr(config, name, "")
+        if value and Path(value).exists():
+            changes[name] = str(Path(value).resolve())
+    return replace(config, **changes) if changes else config
+
+
+def absolute_path(value: str) -> str:
+    """A path that exists here, made absolute (else as it is)."""
+    from pathlib import Path
+
+    return str(Path(value).resolve()) if value and Path(value).exists() else value

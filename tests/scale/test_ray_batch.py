@@ -219,5 +219,13 @@ def test_the_plan_uses_one_actor_per_gpu_and_spreads_cpus():
     assert (on_cpus.actors, on_cpus.gpus, on_cpus.cpus, on_cpus.rows_per_task) == (1, 0.0, 8.0, 3)
     two = plan(RayOptions(actors=2), rows=20, gpus_in_cluster=0, cpus_in_cluster=8, window=4)
     assert (two.actors, two.cpus, two.rows_per_task) == (2, 4.0, 4)
-    with pytest.raises(Exception, match="actors: must be at least 1"):
+    with pytest.raises(Exception, match="--actors: must be at least 1"):
         RayOptions(actors=0).check()
+    with pytest.raises(Exception, match="--gpus-per-actor: must be 0 or more, got nan"):
+        RayOptions(gpus_per_actor=float("nan")).check()
+
+
+def test_a_gpu_the_cluster_lacks_is_refused_naming_the_flag(ray_instance, engine, manifest, tmp_path):
+    runner = RayBatchRunner(engine, tmp_path / "out", BatchOptions(), RayOptions(actors=1, gpus_per_actor=1))
+    with pytest.raises(Exception, match="--gpus-per-actor: 1 actor.* need 1 GPUs; the Ray cluster has 0"):
+        runner.run(read_manifest(manifest))

@@ -273,5 +273,33 @@ def test_start_beats_at_once_publishes_on_its_thread_and_stop_ends_it(tmp_path: 
         assert b.store.get(job.id)["step"] == 2
     finally:
         a.replicas.stop()
-    assert a.replicas._thread is not None and not a.replicas._thread.is_alive()
+    assert len(a.replicas._threads) == 2 and not any(t.is_alive() for t in a.replicas._threads)
     assert not (tmp_path / REPLICAS_DIR / "ra").exists()
+
+
+def test_a_discarded_job_is_never_published_back(pair: tuple[Side, Side], tmp_path: Path):
+    """A job refused after its first record (queue full) is discarded; a heartbeat that took its snapshot
+    just before must not write a phantom "queued" record back."""
+    a, _ = pair
+    job = Job(run=lambda job: None)
+    a.store.add(job)
+    snapshot = a.store.live()
+    a.store.discard(job)
+    assert snapshot == [job] and not (tmp_path / job.id / "job.json").exists()
+    assert a.store.publish(job, job.status()) is False
+    assert not (tmp_path / job.id / "job.json").exists()
+
+
+def test_a_sweep_reads_a_final_record_once(pair: tuple[Side, Side], monkeypatch):
+    """recover() (run by every replica every STALE_S) skips records it has seen final before."""
+    import restyle.serve.jobs as jobs
+
+    a, b = pair
+    done = a.submit()
+    a.worker.cancel(done)  # final: cancelled
+    reads: list[str] = []
+    real = jobs._read_record
+    monkeypatch.setattr(jobs, "_read_record", lambda path, job_id: reads.append(job_id) or real(path, job_id))
+    b.store.recover()
+    b.store.recover()
+    assert reads == [done.id]

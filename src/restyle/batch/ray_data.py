@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from restyle.batch.runner import BatchOptions, BatchRunner, OnRecord, RowWork
 from restyle.errors import InvalidParameterError
 
 log = logging.getLogger("restyle")
+
+MAX_RESTARTS = 2  # an actor that dies (a node lost, out of memory) is restarted this often, its task retried
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,12 @@ class RayOptions:
 
     def check(self) -> None:
         if self.actors is not None and self.actors < 1:
-            raise InvalidParameterError(f"actors: must be at least 1, got {self.actors}", field="actors")
+            raise InvalidParameterError(f"--actors: must be at least 1, got {self.actors}", field="actors")
         for name in ("gpus_per_actor", "cpus_per_actor"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise InvalidParameterError(f"{name}: must be 0 or more, got {value}", field=name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                flag = "--" + name.replace("_", "-")
+                raise InvalidParameterError(f"{flag}: must be 0 or more, got {value}", field=name)
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,9 @@ class EngineSpec:
 
     @classmethod
     def of(cls, engine: Any) -> EngineSpec:
-        return cls(engine.config, bool(engine.preview))
+        from restyle.raysupport import absolute_config
+
+        return cls(absolute_config(engine.config), bool(engine.preview))
 
     def build(self) -> Any:
         from restyle.engine import Restyler
@@ -110,7 +116,8 @@ class RowActor:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         self.lines.clear()
-        self.work.run(self.rows[int(pos)] for pos in batch["pos"])
+        for first, count in zip(batch["first"], batch["count"], strict=True):
+            self.work.run(self.rows[int(first) : int(first) + int(count)])
         return {"line": [json.dumps(line, ensure_ascii=False, default=str) for line in self.lines]}
 
 
@@ -142,9 +149,14 @@ class RayBatchRunner(BatchRunner):
         try:
             import ray.data
 
-            self.plan = plan(
-                self.ray_options, len(rows), cluster_gpus(), cluster_cpus(), window=self.options.window
-            )
+            gpus = cluster_gpus()
+            self.plan = plan(self.ray_options, len(rows), gpus, cluster_cpus(), window=self.options.window)
+            if self.plan.gpus and self.plan.gpus * self.plan.actors > gpus:
+                raise InvalidParameterError(
+                    f"--gpus-per-actor: {self.plan.actors} actor(s) x {self.plan.gpus:g} GPU need "
+                    f"{self.plan.actors * self.plan.gpus:g} GPUs; the Ray cluster has {gpus}",
+                    field="gpus_per_actor",
+                )
             if self.on_plan is not None:
                 self.on_plan(self.plan)
             self._stream(ray.data, rows)
@@ -161,7 +173,11 @@ class RayBatchRunner(BatchRunner):
         context = data.DataContext.get_current()
         context.enable_progress_bars = False  # restyle's own bar counts rows
         context.execution_options.preserve_order = False
-        items = data.from_items([{"pos": i} for i in range(len(rows))], override_num_blocks=len(rows))
+        # one item per task: a window of consecutive rows, so rows are grouped exactly as the local run
+        # groups them (and a 30k-row catalogue is 30k / window blocks, not 30k)
+        starts = range(0, len(rows), p.rows_per_task)
+        tasks = [{"first": i, "count": min(p.rows_per_task, len(rows) - i)} for i in starts]
+        items = data.from_items(tasks, override_num_blocks=len(tasks))
         results = items.map_batches(
             RowActor,
             fn_constructor_kwargs=dict(
@@ -172,10 +188,13 @@ class RayBatchRunner(BatchRunner):
                 options=self.options,
                 threads=max(1, int(p.cpus)),
             ),
-            batch_size=p.rows_per_task,
+            batch_size=1,
             compute=data.ActorPoolStrategy(size=p.actors),
             num_gpus=p.gpus,
             num_cpus=p.cpus,
+            # a row that kills its actor (out of host memory) must not be retried forever
+            max_restarts=MAX_RESTARTS,
+            max_task_retries=MAX_RESTARTS,
         )
         for item in results.iter_rows():
             self._write(json.loads(item["line"]))

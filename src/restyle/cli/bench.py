@@ -134,7 +134,7 @@ def _bench_family(
 
 @bench_app.command("batch")
 def bench_batch(
-    rows: Annotated[int, typer.Option(help="Manifest rows (one image each by default).")] = 32,
+    rows: Annotated[int, typer.Option(help="Manifest rows (one image each by default).")] = 48,
     actors: Annotated[int, typer.Option(help="Ray Data actors (CPU threads are split between them).")] = 2,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per row.")] = 1,
     steps: Annotated[int, typer.Option(help="Denoising steps per image.")] = 8,

@@ -213,6 +213,12 @@ def serve(
         offload=offload,
         quantize=quantize,
     )
+    if ray:  # replicas run in other folders: paths that are here go as absolute ones
+        from restyle.raysupport import absolute_path
+
+        flags = {k: absolute_path(v) if isinstance(v, str) else v for k, v in flags.items()}
+        model_dir = Path(absolute_path(str(model_dir))) if model_dir is not None else None
+        loras = tuple((name, absolute_path(path)) for name, path in loras)
     factory, packaged = _service_factory(flags, model_dir)
     settings = ServerSettings(
         api_key=api_key or None,

@@ -2,8 +2,9 @@
 seconds per image from each, for docs/PERFORMANCE.md and the sizing example of docs/SCALING.md.
 
 Both runs build their own engines from the same model folders, so both pay their model loading; the Ray
-run also pays starting Ray and its actors. `startup_s` (start to first row) and `steady` (images per
-second after the first row) separate that fixed cost from the rate a long catalogue runs at.
+run also pays starting Ray and its actors. `startup_s` (start to the first row's line) and `steady`
+(images per second once every worker's first window of rows is in) separate that fixed cost from the
+rate a long catalogue runs at.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class BatchFigures:
     rows: int
     images: int
     seconds: float
-    startup_s: float  # start to the first row's line (model loading; Ray start and actors)
-    steady_images_per_s: float  # images after the first row / the time they took
+    startup_s: float  # start to the first row's line (model loading; Ray start and actors; a first task)
+    steady_images_per_s: float  # after every worker's first window of rows (see _timed)
 
     @property
     def images_per_s(self) -> float:
@@ -62,28 +63,36 @@ def write_manifest(folder: Path, rows: int, num_images: int, steps: int, size: i
     return path
 
 
-def _timed(runner: Any, rows: list[Any]) -> tuple[Any, float, float, int]:
-    """(summary, seconds, startup seconds, images made after the first line)."""
+def _timed(runner: Any, rows: list[Any], first_rows: int) -> tuple[Any, float, float, float]:
+    """(summary, seconds, startup seconds, steady images per second).
+
+    Startup is the time to the first line. The steady rate counts only what was made after the first
+    `first_rows` lines arrived (the first window of every worker: lines come a whole task at a time, so
+    those rows were made while the workers were starting), over the time after that.
+    """
     started = time.perf_counter()
-    first: list[float] = []
-    images_after = [0]
+    arrivals: list[tuple[float, int]] = []
 
     def on_record(line: dict[str, Any]) -> None:
-        if not first:
-            first.append(time.perf_counter() - started)
-        elif line["status"] == "ok":
-            images_after[0] += len(line["files"]["images"])
+        images = len(line["files"]["images"]) if line["status"] == "ok" else 0
+        arrivals.append((time.perf_counter() - started, images))
 
     runner.on_record = on_record
     summary = runner.run(rows)
     seconds = time.perf_counter() - started
-    return summary, seconds, first[0] if first else seconds, images_after[0]
+    startup = arrivals[0][0] if arrivals else seconds
+    steady = 0.0
+    if len(arrivals) > first_rows:
+        since = arrivals[first_rows - 1][0] if first_rows else 0.0
+        made = sum(images for _, images in arrivals[first_rows:])
+        steady = made / (seconds - since) if seconds > since else 0.0
+    return summary, seconds, startup, steady
 
 
 def run_bench(
     models: dict[str, Path],
     *,
-    rows: int = 32,
+    rows: int = 48,
     actors: int = 2,
     num_images: int = 1,
     steps: int = 8,
@@ -109,13 +118,13 @@ def run_bench(
         manifest = read_manifest(write_manifest(root, rows, num_images, steps, size))
         say(f"local: {rows} rows, one process ({cpus} CPU threads) ...")
         local = BatchRunner(Restyler(config), root / "local", options)
-        summary, seconds, startup, after = _timed(local, manifest)
-        figures.append(_figures("local (1 process)", summary, seconds, startup, after))
+        summary, seconds, startup, steady = _timed(local, manifest, window)
+        figures.append(_figures("local (1 process)", summary, seconds, startup, steady))
         say(f"ray: the same rows on {actors} actors ({max(1, cpus // actors)} CPU each) ...")
         ray_options = RayOptions(address=address, actors=actors, cpus_per_actor=max(1, cpus // actors))
         remote = RayBatchRunner(Restyler(config), root / "ray", options, ray_options)
-        summary, seconds, startup, after = _timed(remote, manifest)
-        figures.append(_figures(f"Ray Data ({actors} actors)", summary, seconds, startup, after))
+        summary, seconds, startup, steady = _timed(remote, manifest, window * actors)
+        figures.append(_figures(f"Ray Data ({actors} actors)", summary, seconds, startup, steady))
     return {
         "figures": [
             asdict(f) | {"images_per_s": f.images_per_s, "s_per_image": f.s_per_image} for f in figures
@@ -132,10 +141,9 @@ def run_bench(
     }
 
 
-def _figures(mode: str, summary: Any, seconds: float, startup: float, after: int) -> BatchFigures:
+def _figures(mode: str, summary: Any, seconds: float, startup: float, steady: float) -> BatchFigures:
     if summary.failed:
         raise RuntimeError(f"{mode}: {summary.failed} rows failed; see {summary.results}")
-    steady = after / (seconds - startup) if seconds > startup else 0.0
     return BatchFigures(mode, summary.total, summary.images, seconds, startup, steady)
 
 

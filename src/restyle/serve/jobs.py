@@ -531,6 +531,7 @@ class JobStore:
         # restyle.serve.shared.Replicas when several servers share `root` (Ray Serve): records carry
         # their replica's id, and an unfinished record of a replica that died reads as interrupted
         self.replicas = replicas
+        self._settled: set[str] = set()  # ids recover() found final: never read again
 
     def add(self, job: Job) -> None:
         """Keep the job and write its first record; a failed write raises StorageError (507)."""
@@ -544,6 +545,8 @@ class JobStore:
 
     def discard(self, job: Job) -> None:
         """Forget a job that was never accepted (its record and its empty folder go)."""
+        with job._lock:  # claimed: a publish (shared output) cannot write its record back after this
+            job._claimed = True
         self._jobs.pop(job.id, None)
         if self.root is not None:
             folder = self.root / job.id
@@ -660,11 +663,14 @@ class JobStore:
             return []
         marked = []
         for path in sorted(self.root.glob("*/job.json")):
+            if path.parent.name in self._settled:
+                continue
             try:
                 record = _read_record(path, path.parent.name)
             except JobRecordError:
                 continue
             if record.get("state") in FINAL_STATES:
+                self._settled.add(path.parent.name)
                 continue
             if self.replicas is not None and not self._orphaned(record):
                 continue

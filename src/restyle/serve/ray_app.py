@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +34,7 @@ APP_NAME = "restyle"
 DEPLOYMENT_NAME = "restyle"
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "restyle.serve.ray_app:proxy_middlewares"
+SHUTDOWN_MARGIN_S = 20.0
 _STARTED_HERE = False  # start() began a Ray instance of its own (stop() ends it, even mid-start)
 
 
@@ -52,26 +54,27 @@ class ServeOptions:
     port: int = 8000
 
     def check(self) -> None:
+        """Raise InvalidParameterError naming the `restyle serve --ray` flag at fault and its limit."""
         if self.replicas < 1:
             raise InvalidParameterError(
-                f"replicas: must be at least 1, got {self.replicas}", field="replicas"
+                f"--replicas: must be at least 1, got {self.replicas}", field="replicas"
             )
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise InvalidParameterError(
-                "min_replicas/max_replicas: give both to autoscale, or neither", field="min_replicas"
+                "--min-replicas/--max-replicas: give both to autoscale, or neither", field="min_replicas"
             )
         low, high = self.min_replicas, self.max_replicas
         if low is not None and low < 0:
-            raise InvalidParameterError(f"min_replicas: must be 0 or more, got {low}", field="min_replicas")
+            raise InvalidParameterError(f"--min-replicas: must be 0 or more, got {low}", field="min_replicas")
         if low is not None and high is not None and high < max(1, low):
             raise InvalidParameterError(
-                f"max_replicas: must be at least 1 and at least min_replicas ({self.min_replicas}), "
-                f"got {self.max_replicas}",
+                f"--max-replicas: must be at least 1 and at least --min-replicas ({low}), got {high}",
                 field="max_replicas",
             )
-        if self.target_ongoing_requests <= 0:
+        if not (math.isfinite(self.target_ongoing_requests) and self.target_ongoing_requests > 0):
             raise InvalidParameterError(
-                "target_ongoing_requests: must be above 0", field="target_ongoing_requests"
+                f"--target-ongoing: must be above 0, got {self.target_ongoing_requests}",
+                field="target_ongoing_requests",
             )
         if self.max_ongoing_requests < 1:
             raise InvalidParameterError(
@@ -79,8 +82,9 @@ class ServeOptions:
             )
         for name in ("gpus_per_replica", "cpus_per_replica"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise InvalidParameterError(f"{name}: must be 0 or more, got {value}", field=name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                flag = "--" + name.replace("_", "-")
+                raise InvalidParameterError(f"{flag}: must be 0 or more, got {value}", field=name)
 
     @property
     def autoscaling(self) -> dict[str, Any] | None:
@@ -114,6 +118,12 @@ class RestyleReplica:
             raise RuntimeError("the worker thread stopped")
 
 
+def serve_ray() -> Any:
+    import ray
+
+    return ray
+
+
 def deployment(
     settings: ServerSettings, factory: Callable[[ServerSettings], Any], options: ServeOptions
 ) -> Any:
@@ -126,10 +136,17 @@ def deployment(
             "output: replicas share job records through the output folder; it cannot be off", field="output"
         )
     gpus = options.gpus_per_replica
-    if gpus is None:
+    if gpus is None or (gpus > 0 and serve_ray().is_initialized()):
         from restyle.raysupport import cluster_gpus
 
-        gpus = 1.0 if cluster_gpus() else 0.0
+        have = cluster_gpus()
+        if gpus is None:
+            gpus = 1.0 if have else 0.0
+        elif have < gpus:  # Ray would wait for it forever
+            raise InvalidParameterError(
+                f"--gpus-per-replica: {gpus:g} GPU per replica; the Ray cluster has {have}",
+                field="gpus_per_replica",
+            )
     ingress = serve.ingress()(RestyleReplica)
     config: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
@@ -137,7 +154,9 @@ def deployment(
         "ray_actor_options": {"num_gpus": gpus, "num_cpus": options.cpus_per_replica},
         "health_check_period_s": 5,
         "health_check_timeout_s": 30,
-        "graceful_shutdown_timeout_s": settings.shutdown_grace_s,
+        # Ray's one budget covers the drain and the app's own shutdown (fail what is queued, the running
+        # job's grace period, its final records): more than restyle's grace, or Ray kills it first
+        "graceful_shutdown_timeout_s": settings.shutdown_grace_s + SHUTDOWN_MARGIN_S,
     }
     if options.autoscaling:
         config["autoscaling_config"] = options.autoscaling

@@ -305,7 +305,13 @@ async def _events(request: Request, found: Job | dict[str, Any]) -> AsyncIterato
             if _state(request).store.replicas is None:
                 return
             await asyncio.sleep(SHARED_POLL_S)
-            found = _find(request, str(status["id"]))
+            try:
+                again = _state(request).store.get(str(status["id"]))
+            except RestyleError:  # its record became unreadable: end the stream, do not cut it
+                return
+            if again is None:  # removed meanwhile
+                return
+            found = again
             continue
         await changes.wait(max(0.05, KEEPALIVE_S - (time.monotonic() - quiet_since)))
 

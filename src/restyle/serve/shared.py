@@ -40,7 +40,7 @@ class Replicas:
         self.heartbeat_s = heartbeat_s
         self.stale_s = stale_s
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._published: dict[str, tuple[Any, ...]] = {}
 
     @property
@@ -66,31 +66,39 @@ class Replicas:
         return age < self.stale_s
 
     def start(self, store: Any, worker: Any) -> None:
-        """Beat now (before the first request) and then every heartbeat_s on a thread."""
+        """Beat now (before the first request), then every heartbeat_s on one thread; sweep for dead
+        replicas' jobs every stale_s on another (a slow sweep over a large folder never delays a beat)."""
         self.beat()
-        self._thread = threading.Thread(
-            target=self._loop, args=(store, worker), name="restyle-replica", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(store, worker), name="restyle-replica", daemon=True),
+            threading.Thread(target=self._sweep, args=(store,), name="restyle-sweep", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         with contextlib.suppress(OSError):  # a clean stop: the others need not wait STALE_S
             (self.folder / self.replica).unlink()
 
     def _loop(self, store: Any, worker: Any) -> None:
-        swept = time.monotonic()
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self.beat()
                 self.publish(store, worker)
-                if time.monotonic() - swept >= self.stale_s:  # dead replicas' jobs nobody asked about
-                    swept = time.monotonic()
-                    store.recover()
             except Exception:  # a full disk must not stop the heartbeat thread for good
                 log.exception("replica %s: heartbeat or publishing failed", self.replica)
+
+    def _sweep(self, store: Any) -> None:
+        """Dead replicas' jobs that nobody asks about are marked too (JobStore.recover skips records it
+        has seen final, so a sweep reads only the unfinished ones)."""
+        while not self._stop.wait(self.stale_s):
+            try:
+                store.recover()
+            except Exception:
+                log.exception("replica %s: sweeping for dead replicas' jobs failed", self.replica)
 
     def publish(self, store: Any, worker: Any) -> None:
         """Write the record of every live job whose status changed; act on cancel files."""
