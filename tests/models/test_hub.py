@@ -120,6 +120,15 @@ def test_preview_fallback_builds_tiny_models_once(tmp_path, fake_hub):
     assert again.config == res.config
 
 
+def test_only_the_missing_model_is_swapped_for_its_tiny_one(tmp_path, fake_hub, tiny_models):
+    """`restyle mask --segmenter DIR` without the inpainter here masks with DIR, not the tiny CLIPSeg."""
+    given = str(tiny_models["segmenter"])
+    res = resolve_or_preview(ModelConfig(segmenter=given))
+    assert res.preview and res.missing == (ModelConfig().inpainter,)
+    assert res.config.segmenter == given
+    assert res.config.inpainter == str(tmp_path / "restyle-cache" / "tiny" / "inpainter")
+
+
 def test_real_models_are_used_when_present(tiny_models):
     cfg = ModelConfig(segmenter=str(tiny_models["segmenter"]), inpainter=str(tiny_models["inpainter"]))
     res = resolve_or_preview(cfg)

@@ -239,9 +239,10 @@ def check_folder(role: str, model_id: str, flag: str | None = None) -> None:
 def preview_notice(missing: tuple[str, ...]) -> str:
     """What every entry point says when it falls back to the tiny-model preview."""
     return (
-        f"PREVIEW MODE: {', '.join(missing)} not available here, so restyle runs on tiny randomly "
-        "initialised models: masks are placeholder shapes and pictures are noise-like; they only show the "
-        "flow works. For real results run `restyle models pull` where the hub is reachable, or pass "
+        f"PREVIEW MODE: {', '.join(missing)} not available here, so restyle runs tiny randomly "
+        "initialised models in their place (a tiny segmenter's masks are placeholder shapes, a tiny "
+        "inpainter's pictures noise-like); they only show the flow works. For real results run "
+        "`restyle models pull` where the hub is reachable, or pass "
         "--segmenter/--inpainter folders (or RESTYLE_SEGMENTER/RESTYLE_INPAINTER)."
     )
 
@@ -277,5 +278,10 @@ def resolve_or_preview(config: ModelConfig) -> Resolved:
     tiny = cache_dir() / "tiny"
     if not all(is_current_tiny(tiny / part) for part in ("segmenter", "inpainter")):  # else stale: rebuild
         build_tiny_models(tiny)
-    cfg = replace(config, segmenter=str(tiny / "segmenter"), inpainter=str(tiny / "inpainter"))
+    # only the missing role is swapped for its tiny model: a real segmenter given with no inpainter on this
+    # machine still masks for real (`restyle mask --segmenter DIR`), and the other way round
+    cfg = replace(
+        config,
+        **{role: str(used) if used is not None else str(tiny / role) for role, used in found.items()},
+    )
     return Resolved(cfg, preview=True, missing=missing)
