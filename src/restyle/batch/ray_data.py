@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -178,24 +179,27 @@ class RayBatchRunner(BatchRunner):
         starts = range(0, len(rows), p.rows_per_task)
         tasks = [{"first": i, "count": min(p.rows_per_task, len(rows) - i)} for i in starts]
         items = data.from_items(tasks, override_num_blocks=len(tasks))
-        results = items.map_batches(
-            RowActor,
-            fn_constructor_kwargs=dict(
-                spec=EngineSpec.of(self.engine),
-                rows=rows,
-                earlier=earlier,
-                out=str(self.out.resolve()),
-                options=self.options,
-                threads=max(1, int(p.cpus)),
-            ),
-            batch_size=1,
-            compute=data.ActorPoolStrategy(size=p.actors),
-            num_gpus=p.gpus,
-            num_cpus=p.cpus,
-            # a row that kills its actor (out of host memory) must not be retried forever
-            max_restarts=MAX_RESTARTS,
-            max_task_retries=MAX_RESTARTS,
-        )
+        with warnings.catch_warnings():
+            # restart limits have no named parameter in Ray 2.60; ray_remote_args is deprecated for 2.64
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            results = items.map_batches(
+                RowActor,
+                fn_constructor_kwargs=dict(
+                    spec=EngineSpec.of(self.engine),
+                    rows=rows,
+                    earlier=earlier,
+                    out=str(self.out.resolve()),
+                    options=self.options,
+                    threads=max(1, int(p.cpus)),
+                ),
+                batch_size=1,
+                compute=data.ActorPoolStrategy(size=p.actors),
+                num_gpus=p.gpus,
+                num_cpus=p.cpus,
+                # a row that kills its actor (out of host memory) must not be retried forever
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_RESTARTS,
+            )
         for item in results.iter_rows():
             self._write(json.loads(item["line"]))
 
