@@ -1,0 +1,90 @@
+"""Photo and mask cells as URLs and pyarrow URIs (`file://` here; `s3://` and `gs://` go the same way)."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from restyle.batch import RESULTS_FILE, BatchOptions, read_manifest, run_batch
+from restyle.batch.storage import is_uri, read_source
+from restyle.errors import InvalidParameterError
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    from restyle.samples import sample_photo
+
+    root = tmp_path_factory.mktemp("served")
+    photo = sample_photo(96, 144)
+    photo.save(root / "p.png")
+    mask = Image.new("L", photo.size, 0)
+    mask.paste(255, (30, 50, 66, 110))
+    mask.save(root / "m.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def http_base(files):
+    """A loopback HTTP server over `files` (its address), stopped after the module."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(files))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_what_counts_as_a_uri():
+    assert is_uri("s3://bucket/a.jpg") and is_uri("file:///tmp/a.png") and is_uri("https://x/y.png")
+    assert not is_uri("photos/a.png") and not is_uri("/abs/a.png") and not is_uri("C:/a.png")
+
+
+def test_uris_and_urls_are_read_as_bytes_local_paths_stay_paths(files, http_base):
+    data = (files / "p.png").read_bytes()
+    assert read_source(f"file://{files}/p.png", field="photo") == data
+    assert read_source(f"{http_base}/p.png", field="photo") == data
+    assert read_source(files / "p.png", field="photo") == files / "p.png"
+
+
+def test_unreadable_sources_name_the_field(files, http_base):
+    with pytest.raises(InvalidParameterError, match=r"photo: no such file: file://"):
+        read_source(f"file://{files}/missing.png", field="photo")
+    with pytest.raises(InvalidParameterError, match=r"mask: .*answered HTTP 404"):
+        read_source(f"{http_base}/missing.png", field="mask")
+    with pytest.raises(InvalidParameterError, match=r"photo: .* is 1[0-9,]+ bytes; the limit is 100"):
+        read_source(f"file://{files}/p.png", field="photo", limit=100)
+    with pytest.raises(InvalidParameterError, match=r"photo: cannot fetch http://127\.0\.0\.1:1/"):
+        read_source("http://127.0.0.1:1/p.png", field="photo")
+
+
+def test_a_manifest_of_urls_and_uris_runs(files, http_base, tiny_models, tmp_path):
+    from restyle.config import ModelConfig
+    from restyle.engine import Restyler
+
+    manifest = tmp_path / "m.csv"
+    rows = [
+        {"id": "web", "photo": f"{http_base}/p.png", "mask": f"{http_base}/m.png"},
+        {"id": "uri", "photo": f"file://{files}/p.png", "mask": f"file://{files}/m.png"},
+        {"id": "gone", "photo": f"{http_base}/nope.png", "mask": f"file://{files}/m.png"},
+    ]
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "photo", "mask", "prompt", "steps", "num_images"])
+        writer.writeheader()
+        writer.writerows({**r, "prompt": "linen", "steps": 2, "num_images": 1} for r in rows)
+    models = {k: str(v) for k, v in tiny_models.items()}
+    engine = Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
+    summary = run_batch(engine, read_manifest(manifest), tmp_path / "out", BatchOptions())
+    assert (summary.ok, summary.failed) == (2, 1)
+    lines = {
+        json.loads(x)["key"]: json.loads(x)
+        for x in (tmp_path / "out" / RESULTS_FILE).read_text().splitlines()
+    }
+    assert lines["web"]["status"] == lines["uri"]["status"] == "ok"
+    assert lines["gone"]["field"] == "photo" and "HTTP 404" in lines["gone"]["error"]
