@@ -280,8 +280,10 @@ def resolve_or_preview(config: ModelConfig) -> Resolved:
         build_tiny_models(tiny)
     # only the missing role is swapped for its tiny model: a real segmenter given with no inpainter on this
     # machine still masks for real (`restyle mask --segmenter DIR`), and the other way round
+    seg, inp = found["segmenter"], found["inpainter"]
     cfg = replace(
         config,
-        **{role: str(used) if used is not None else str(tiny / role) for role, used in found.items()},
+        segmenter=str(seg) if seg is not None else str(tiny / "segmenter"),
+        inpainter=str(inp) if inp is not None else str(tiny / "inpainter"),
     )
     return Resolved(cfg, preview=True, missing=missing)
