@@ -88,3 +88,52 @@ def test_a_manifest_of_urls_and_uris_runs(files, http_base, tiny_models, tmp_pat
     }
     assert lines["web"]["status"] == lines["uri"]["status"] == "ok"
     assert lines["gone"]["field"] == "photo" and "HTTP 404" in lines["gone"]["error"]
+
+
+def test_an_output_uri_gets_the_files_and_the_results_manifest(files, tiny_models, tmp_path):
+    """-o file:///... goes through pyarrow as s3:// would: each row's files uploaded whole, results.jsonl
+    kept (and locked) locally and copied beside them; a re-run checks the remote files and skips."""
+    from restyle.config import ModelConfig
+    from restyle.engine import Restyler
+
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(
+            fh, fieldnames=["id", "photo", "mask", "prompt", "steps", "num_images", "seed"]
+        )
+        writer.writeheader()
+        for i in range(3):
+            writer.writerow(
+                dict(
+                    id=f"r{i}",
+                    photo=str(files / "p.png"),
+                    mask=str(files / "m.png"),
+                    prompt="x",
+                    steps=2,
+                    num_images=2,
+                    seed=i * 10,
+                )
+            )
+    models = {k: str(v) for k, v in tiny_models.items()}
+    engine = Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
+    remote, state = tmp_path / "bucket" / "out", tmp_path / "state"
+    options = BatchOptions(results_dir=state)
+    first = run_batch(engine, read_manifest(manifest), f"file://{remote}", options)
+    assert (first.ok, first.failed) == (3, 0) and str(state / RESULTS_FILE) in first.results
+    lines = [json.loads(x) for x in (remote / RESULTS_FILE).read_text().splitlines()]
+    assert (state / RESULTS_FILE).read_text() == (remote / RESULTS_FILE).read_text() and len(lines) == 3
+    for line in lines:
+        names = [
+            *line["files"]["images"],
+            line["files"]["grid"],
+            line["files"]["mask"],
+            line["files"]["sidecar"],
+        ]
+        assert all((remote / name).is_file() for name in names), names
+    again = run_batch(engine, read_manifest(manifest), f"file://{remote}", options)
+    assert (again.ok, again.skipped) == (0, 3)
+    (remote / lines[0]["files"]["images"][0]).unlink()  # a file gone from the store: the row runs again
+    third = run_batch(engine, read_manifest(manifest), f"file://{remote}", options)
+    assert (third.ok, third.skipped) == (1, 2)
+    with pytest.raises(InvalidParameterError, match="output: .* an http\\(s\\) URL cannot be written"):
+        run_batch(engine, read_manifest(manifest), "https://example.invalid/out", options)

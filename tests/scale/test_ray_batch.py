@@ -131,6 +131,29 @@ def test_two_actors_give_the_local_runs_images_and_results(local_run, ray_run):
     assert theirs["r03"]["color_delta_e"][0] is not None  # a colour row is scored on the actor too
 
 
+def test_ray_to_an_output_uri_uploads_the_local_runs_files(
+    ray_instance, engine, manifest, local_run, tmp_path
+):
+    """-o file:///... (pyarrow, as s3:// would be): the actors upload each row's files; the driver keeps
+    results.jsonl locally and copies it beside them."""
+    local, _ = local_run
+    remote = tmp_path / "bucket" / "out"
+    runner = RayBatchRunner(
+        engine,
+        f"file://{remote}",
+        BatchOptions(max_batch=8, window=WINDOW, results_dir=tmp_path / "state"),
+        RayOptions(actors=2, cpus_per_actor=1),
+    )
+    summary = runner.run(read_manifest(manifest))
+    assert (summary.ok, summary.failed) == (18, 2)
+    mine, theirs = _results(local), _results(remote)
+    assert (tmp_path / "state" / RESULTS_FILE).is_file() and sorted(theirs) == sorted(mine)
+    for line in mine.values():
+        for name in line["files"]["images"] if line["status"] == "ok" else []:
+            a, b = np.asarray(Image.open(local / name)), np.asarray(Image.open(remote / name))
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_a_second_ray_run_skips_every_row(ray_instance, engine, manifest, ray_run):
     out, _, _ = ray_run
     runner = RayBatchRunner(engine, out, BatchOptions(window=WINDOW), RayOptions(actors=2, cpus_per_actor=1))

@@ -112,7 +112,7 @@ class RowActor:
             torch.set_num_threads(threads)
         self.rows = rows
         self.lines: list[dict[str, Any]] = []
-        self.work = RowWork(spec.build(), Path(out), options, self.lines.append, earlier.get)
+        self.work = RowWork(spec.build(), out, options, self.lines.append, earlier.get)
         self.work.load(rows)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +188,7 @@ class RayBatchRunner(BatchRunner):
                     spec=EngineSpec.of(self.engine),
                     rows=rows,
                     earlier=earlier,
-                    out=str(self.out.resolve()),
+                    out=self.dest.uri or str(self.out.resolve()),
                     options=self.options,
                     threads=max(1, int(p.cpus)),
                 ),

@@ -35,6 +35,7 @@ class BatchOptions:
     window: int = 16  # rows read and prepared before the prepared ones are grouped by key and denoised
     retry_failed: bool = False  # run rows again whose last attempt failed
     mask_params: Any = None  # MaskParams for every row (None: the defaults); cells override them
+    results_dir: Path | None = None  # results.jsonl for a remote (URI) output; None: see results_folder
 
 
 @dataclass
@@ -191,16 +192,31 @@ class RowWork:
     def __init__(
         self,
         engine: Any,
-        out: Path,
+        out: Any,  # a folder, a URI, or a restyle.batch.storage.Destination
         options: BatchOptions,
         emit: OnRecord,
         earlier: Callable[[str], dict[str, Any] | None],
     ) -> None:
+        from restyle.batch.storage import Destination
+
         self.engine = engine
-        self.out = out
+        self.dest = out if isinstance(out, Destination) else Destination(out)
         self.options = options
         self.emit = emit
         self.earlier = earlier
+        self._staging: Path | None = None  # a local folder for a remote destination's files
+
+    @property
+    def staging(self) -> Path:
+        """Where a row's files are written: the output folder itself, or (remote output) a local temporary
+        folder they are uploaded from."""
+        if self.dest.folder is not None:
+            return self.dest.folder
+        if self._staging is None:
+            import tempfile
+
+            self._staging = Path(tempfile.mkdtemp(prefix="restyle-batch-"))
+        return self._staging
 
     def load(self, rows: list[Row]) -> None:
         """Load the models before the first row: a model that cannot load fails the run, not each row."""
@@ -279,8 +295,9 @@ class RowWork:
         started = time.perf_counter()
         self.engine.score(result, color=job.request.color)
         key = job.row.key
-        sidecar = save_result(result, job.photo, self.out, stem=key)
+        sidecar = save_result(result, job.photo, self.staging, stem=key)
         images = [item["file"] for item in sidecar["images"]]
+        self.dest.publish(self.staging, [*images, sidecar["grid"], sidecar["mask"], f"{key}.json"])
         self._drop_stale(key, set(images))
         has_target = color_swatch(job.request.color) is not None
         mres = job.mask_result
@@ -304,8 +321,7 @@ class RowWork:
         earlier = self.earlier(key) or {}
         for name in (earlier.get("files") or {}).get("images", []):
             if name not in keep:
-                with contextlib.suppress(OSError):
-                    (self.out / name).unlink()
+                self.dest.remove(name)
 
     def fail(self, row: Row, err: Exception, elapsed_s: float) -> None:
         if not isinstance(err, RestyleError):  # not the row's fault as far as we know: keep the trace
@@ -346,8 +362,11 @@ class BatchRunner:
         *,
         on_record: OnRecord | None = None,
     ) -> None:
+        from restyle.batch.storage import Destination
+
         self.engine = engine
-        self.out = Path(out)
+        self.dest = Destination(out)
+        self.out = self.dest.folder if self.dest.folder is not None else Path(".")  # a local output folder
         self.options = options or BatchOptions()
         self.on_record = on_record  # called after each logged line (progress; may raise KeyboardInterrupt)
         self.summary = Summary()
@@ -364,8 +383,10 @@ class BatchRunner:
         """
         if self.options.max_batch < 1 or self.options.window < 1:
             raise RestyleError("max_batch and window: must be at least 1", field="max_batch")
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._log = ResultsLog(self.out / RESULTS_FILE)
+        self.dest.prepare()
+        state = self.results_folder()
+        state.mkdir(parents=True, exist_ok=True)
+        self._log = ResultsLog(state / RESULTS_FILE)
         self.summary = Summary(total=len(rows), results=str(self._log.path))
         started = time.perf_counter()
         try:
@@ -377,12 +398,28 @@ class BatchRunner:
         finally:
             self.summary.seconds = time.perf_counter() - started
             self._log.close()
+            if self.dest.remote:  # the results manifest beside the images too (the local one stays the log)
+                self.dest.copy_in(self._log.path, RESULTS_FILE)
+                self.summary.results += f" (copied to {self.dest.where(RESULTS_FILE)})"
         return self.summary
+
+    def results_folder(self) -> Path:
+        """Where results.jsonl is kept and locked: the output folder; for a remote output (an object store
+        cannot append or lock), `options.results_dir`, else a folder named after the URI under
+        ./.restyle-batch/ (a re-run with the same output finds it)."""
+        if self.dest.folder is not None:
+            return self.dest.folder
+        if self.options.results_dir is not None:
+            return Path(self.options.results_dir)
+        import re
+
+        assert self.dest.uri is not None
+        return Path(".restyle-batch") / re.sub(r"[^A-Za-z0-9._-]+", "_", self.dest.uri).strip("_")
 
     def _execute(self, rows: list[Row]) -> None:
         """The rows not done yet, here: one engine, lines written as each row ends."""
         assert self._log is not None
-        work = RowWork(self.engine, self.out, self.options, self._write, self._log.latest.get)
+        work = RowWork(self.engine, self.dest, self.options, self._write, self._log.latest.get)
         work.load(rows)
         work.run(rows)
 
@@ -393,7 +430,7 @@ class BatchRunner:
         if last is None:
             return False
         was = state_of(last)
-        if was == "ok" and all((self.out / name).is_file() for name in output_files(last)):
+        if was == "ok" and self.dest.exist(output_files(last)):
             reason = "done in an earlier run"
         elif was == "failed" and not self.options.retry_failed:
             reason = "failed in an earlier run (--retry-failed runs it again)"

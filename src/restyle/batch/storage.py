@@ -80,3 +80,88 @@ def _within(data: Any, where: str, field: str, limit: int) -> bytes:
     if len(data) > limit:
         raise InvalidParameterError(f"{field}: {where} is over the limit of {limit:,} bytes", field=field)
     return bytes(data)
+
+
+class Destination:
+    """Where a batch's row files go: a local (or shared-filesystem) folder, written in place, or a pyarrow
+    URI (`s3://bucket/out`, `gs://...`, `file:///...`), each row's files written to a local staging folder
+    first and then uploaded (a file appears there whole, or not at all)."""
+
+    def __init__(self, out: str | Path) -> None:
+        text = str(out)
+        self.uri = text if is_uri(text) else None
+        self.folder = None if self.uri else Path(out)
+        self._fs: Any = None
+        self._base = ""
+        if self.uri is not None:
+            if text.partition("://")[0].lower() in ("http", "https"):
+                raise InvalidParameterError(
+                    f"output: {text}: an http(s) URL cannot be written; use a folder or an s3:// / gs:// URI",
+                    field="output",
+                )
+            self._fs, self._base = _arrow_fs(text, "output")
+
+    def __reduce__(self) -> Any:  # actors get a fresh one (pyarrow filesystems are rebuilt there)
+        return (Destination, (self.uri or str(self.folder),))
+
+    @property
+    def remote(self) -> bool:
+        return self.uri is not None
+
+    def where(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}" if self.uri else str(self.folder / name)  # type: ignore[operator]
+
+    def exist(self, names: list[str]) -> bool:
+        """Whether every one of `names` is there."""
+        if self.folder is not None:
+            return all((self.folder / name).is_file() for name in names)
+        import pyarrow.fs as pafs
+
+        infos = self._fs.get_file_info([f"{self._base}/{name}" for name in names])
+        return all(info.type == pafs.FileType.File for info in infos)
+
+    def publish(self, staging: Path, names: list[str]) -> None:
+        """Upload the staged files (remote only; a local folder was written in place), then drop them."""
+        if self.folder is not None:
+            return
+        for name in names:
+            self.copy_in(staging / name, name)
+            (staging / name).unlink()
+
+    def copy_in(self, path: Path, name: str) -> None:
+        """Upload a copy of a local file (remote only)."""
+        if self.folder is not None:
+            return
+        with path.open("rb") as src, self._fs.open_output_stream(f"{self._base}/{name}") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+
+    def remove(self, name: str) -> None:
+        import contextlib
+
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                (self.folder / name).unlink()
+            return
+        with contextlib.suppress(OSError, FileNotFoundError):
+            self._fs.delete_file(f"{self._base}/{name}")
+
+    def prepare(self) -> None:
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        else:
+            self._fs.create_dir(self._base, recursive=True)
+
+
+def _arrow_fs(uri: str, field: str) -> tuple[Any, str]:
+    try:
+        import pyarrow.fs as pafs
+    except ImportError:
+        raise InvalidParameterError(
+            f"{field}: {uri} needs pyarrow (pip install 'restyle[ray]' brings it)", field=field
+        ) from None
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (OSError, ValueError) as err:
+        raise InvalidParameterError(f"{field}: cannot open {uri} ({err})", field=field) from None
+    return fs, path.rstrip("/")

@@ -32,7 +32,16 @@ commands = typer.Typer()  # restyle.cli adds these to its app
 @commands.command()
 def batch(
     source: Annotated[Path, typer.Argument(help="A manifest (.csv, .jsonl) or a folder of photos.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("out/batch"),
+    output: Annotated[
+        str,
+        typer.Option("--output", "-o", help="Output folder, or a URI (s3://bucket/out, gs://...)."),
+    ] = "out/batch",
+    results_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="For a URI output: the local folder of results.jsonl (default ./.restyle-batch/...)."
+        ),
+    ] = None,
     template: Annotated[
         Path | None, typer.Option(help="A request (JSON object of manifest columns) for every row.")
     ] = None,
@@ -139,7 +148,13 @@ def batch(
     d = MaskParams()  # threshold, grow and feather are the rows' own (columns; the flags are their default)
     mparams = mask_params(d.threshold, d.grow, d.feather, activation, protect, no_protect)
     mparams.check()
-    options = BatchOptions(max_batch=max_batch, window=window, retry_failed=retry_failed, mask_params=mparams)
+    options = BatchOptions(
+        max_batch=max_batch,
+        window=window,
+        retry_failed=retry_failed,
+        mask_params=mparams,
+        results_dir=results_dir,
+    )
     engine = restyler(
         segmenter,
         inpainter,
@@ -168,7 +183,7 @@ def batch(
 
 def _ray_runner(
     engine: Any,
-    output: Path,
+    output: str,
     options: Any,
     address: str | None,
     actors: int | None,
