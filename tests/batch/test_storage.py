@@ -137,3 +137,88 @@ def test_an_output_uri_gets_the_files_and_the_results_manifest(files, tiny_model
     assert (third.ok, third.skipped) == (1, 2)
     with pytest.raises(InvalidParameterError, match="output: .* an http\\(s\\) URL cannot be written"):
         run_batch(engine, read_manifest(manifest), "https://example.invalid/out", options)
+
+
+def test_an_interrupted_upload_never_stands_under_the_files_name(tmp_path, monkeypatch):
+    """Closing a pyarrow stream commits it: uploads go to a temporary key and are moved into place, and a
+    failure (or Ctrl-C) leaves neither the file nor the temporary key, nor the staged copy."""
+    from restyle.batch.storage import Destination
+
+    remote = tmp_path / "bucket"
+    dest = Destination(f"file://{remote}")
+    dest.prepare()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "a.png").write_bytes(b"x" * (3 << 20))
+    real_open = Path.open
+
+    def interrupted_open(self, *args, **kwargs):
+        handle = real_open(self, *args, **kwargs)
+        if self.name == "a.png" and "b" in (args[0] if args else kwargs.get("mode", "r")):
+            reads = iter([handle.read(1 << 20)])
+            handle.read = lambda *_: next(reads, None) or (_ for _ in ()).throw(KeyboardInterrupt())
+        return handle
+
+    monkeypatch.setattr(Path, "open", interrupted_open)
+    with pytest.raises(KeyboardInterrupt):
+        dest.publish(staging, ["a.png"])
+    monkeypatch.setattr(Path, "open", real_open)
+    assert sorted(p.name for p in remote.iterdir()) == []  # no a.png, no a.png.part-*
+    assert not (staging / "a.png").exists()
+    assert not dest.exist(["a.png"])
+
+    (staging / "b.png").write_bytes(b"y" * 10)
+
+    class Refusing:  # the store refuses the final move
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            return getattr(self.fs, name)
+
+        def move(self, *args):
+            raise OSError("store said no")
+
+    monkeypatch.setattr(dest, "_fs", Refusing(dest._fs))
+    with pytest.raises(OSError, match="store said no"):
+        dest.publish(staging, ["b.png"])
+    assert sorted(p.name for p in remote.iterdir()) == []
+
+
+def test_a_uri_output_resumes_from_another_folder_and_leaves_no_staging(
+    files, tiny_models, tmp_path, monkeypatch
+):
+    """A run that finds no local results.jsonl starts from the store's copy; the staging folder goes."""
+    import tempfile
+
+    from restyle.config import ModelConfig
+    from restyle.engine import Restyler
+
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["id", "photo", "mask", "prompt", "steps", "num_images"])
+        writer.writeheader()
+        writer.writerows(
+            dict(
+                id=f"r{i}",
+                photo=str(files / "p.png"),
+                mask=str(files / "m.png"),
+                prompt="x",
+                steps=2,
+                num_images=1,
+            )
+            for i in range(2)
+        )
+    staged: list[Path] = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: staged.append(Path(real(**kw))) or staged[-1])
+    models = {k: str(v) for k, v in tiny_models.items()}
+    engine = Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
+    uri = f"file://{tmp_path / 'bucket'}"
+    first = run_batch(engine, read_manifest(manifest), uri, BatchOptions(results_dir=tmp_path / "here"))
+    assert first.ok == 2 and staged and not any(p.exists() for p in staged)
+    elsewhere = run_batch(engine, read_manifest(manifest), uri, BatchOptions(results_dir=tmp_path / "there"))
+    assert (elsewhere.ok, elsewhere.skipped) == (0, 2)
+    monkeypatch.chdir(tmp_path)  # the default results folder: named after the URI, with its hash
+    default = run_batch(engine, read_manifest(manifest), uri, BatchOptions())
+    assert default.skipped == 2 and ".restyle-batch" in default.results

@@ -4,8 +4,8 @@ by Ray Data actors that each hold the models (one per GPU with `num_gpus=1`; CPU
 This process (the driver) keeps what must stay single: it reads the manifest, decides what to skip from
 results.jsonl, writes every row's line as its actor hands it back, and owns the lock; a killed driver
 leaves whole lines only, and the next run resumes from them. The actors read photos from paths or URIs
-(`restyle.batch.storage`) and write each row's files straight into the output folder, which every node
-must see at the same path (local disk for a one-machine cluster, else a shared filesystem).
+(`restyle.batch.storage`) and write each row's files into the output: a folder every node sees at the same
+path (local disk for a one-machine cluster, else a shared filesystem), or a URI they upload to.
 """
 
 from __future__ import annotations
@@ -114,6 +114,9 @@ class RowActor:
         self.lines: list[dict[str, Any]] = []
         self.work = RowWork(spec.build(), out, options, self.lines.append, earlier.get)
         self.work.load(rows)
+        import weakref
+
+        weakref.finalize(self, self.work.close)  # the staging folder goes with the actor
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         self.lines.clear()

@@ -218,6 +218,14 @@ class RowWork:
             self._staging = Path(tempfile.mkdtemp(prefix="restyle-batch-"))
         return self._staging
 
+    def close(self) -> None:
+        """Remove the staging folder (remote output)."""
+        if self._staging is not None:
+            import shutil
+
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
     def load(self, rows: list[Row]) -> None:
         """Load the models before the first row: a model that cannot load fails the run, not each row."""
         if rows:
@@ -386,7 +394,12 @@ class BatchRunner:
         self.dest.prepare()
         state = self.results_folder()
         state.mkdir(parents=True, exist_ok=True)
-        self._log = ResultsLog(state / RESULTS_FILE)
+        local = state / RESULTS_FILE
+        fresh = self.dest.remote and not (local.is_file() and local.stat().st_size)
+        # a run from another folder or machine: the store's copy says where this output stands
+        if fresh and self.dest.fetch(RESULTS_FILE, local):
+            log.info("results: started from the copy in %s", self.dest.where(RESULTS_FILE))
+        self._log = ResultsLog(local)
         self.summary = Summary(total=len(rows), results=str(self._log.path))
         started = time.perf_counter()
         try:
@@ -397,31 +410,49 @@ class BatchRunner:
             self.summary.interrupted = True
         finally:
             self.summary.seconds = time.perf_counter() - started
+            if (
+                self.dest.remote
+            ):  # the manifest beside the images too, under the lock (the local one is the log)
+                self._copy_results()
             self._log.close()
-            if self.dest.remote:  # the results manifest beside the images too (the local one stays the log)
-                self.dest.copy_in(self._log.path, RESULTS_FILE)
-                self.summary.results += f" (copied to {self.dest.where(RESULTS_FILE)})"
         return self.summary
+
+    def _copy_results(self) -> None:
+        assert self._log is not None
+        where = self.dest.where(RESULTS_FILE)
+        try:
+            self.dest.copy_in(self._log.path, RESULTS_FILE)
+        except (OSError, KeyboardInterrupt) as err:  # the local log has it all: say so, keep the summary
+            log.warning("results: could not copy %s to %s (%s)", self._log.path, where, err)
+            self.summary.results += f" (not copied to {where}: {type(err).__name__})"
+            return
+        self.summary.results += f" (copied to {where})"
 
     def results_folder(self) -> Path:
         """Where results.jsonl is kept and locked: the output folder; for a remote output (an object store
         cannot append or lock), `options.results_dir`, else a folder named after the URI under
-        ./.restyle-batch/ (a re-run with the same output finds it)."""
+        ./.restyle-batch/. A run that finds no log there starts from the copy in the store, so a re-run from
+        another folder or machine resumes too."""
         if self.dest.folder is not None:
             return self.dest.folder
         if self.options.results_dir is not None:
             return Path(self.options.results_dir)
+        import hashlib
         import re
 
         assert self.dest.uri is not None
-        return Path(".restyle-batch") / re.sub(r"[^A-Za-z0-9._-]+", "_", self.dest.uri).strip("_")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.dest.uri).strip("_")[:80]
+        return Path(".restyle-batch") / f"{name}-{hashlib.sha256(self.dest.uri.encode()).hexdigest()[:10]}"
 
     def _execute(self, rows: list[Row]) -> None:
         """The rows not done yet, here: one engine, lines written as each row ends."""
         assert self._log is not None
         work = RowWork(self.engine, self.dest, self.options, self._write, self._log.latest.get)
-        work.load(rows)
-        work.run(rows)
+        try:
+            work.load(rows)
+            work.run(rows)
+        finally:
+            work.close()
 
     def _skip(self, row: Row) -> bool:
         """Log and skip a row done before (ok with its files there; failed, unless retrying)."""

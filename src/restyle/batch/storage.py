@@ -85,7 +85,8 @@ def _within(data: Any, where: str, field: str, limit: int) -> bytes:
 class Destination:
     """Where a batch's row files go: a local (or shared-filesystem) folder, written in place, or a pyarrow
     URI (`s3://bucket/out`, `gs://...`, `file:///...`), each row's files written to a local staging folder
-    first and then uploaded (a file appears there whole, or not at all)."""
+    first, then uploaded under a temporary key and moved to their names (an interrupted upload never
+    stands under a row's file name)."""
 
     def __init__(self, out: str | Path) -> None:
         text = str(out)
@@ -124,17 +125,47 @@ class Destination:
         """Upload the staged files (remote only; a local folder was written in place), then drop them."""
         if self.folder is not None:
             return
-        for name in names:
-            self.copy_in(staging / name, name)
-            (staging / name).unlink()
+        try:
+            for name in names:
+                self.copy_in(staging / name, name)
+        finally:  # uploaded or not, the staged copies go (a failed row is run again from scratch)
+            for name in names:
+                (staging / name).unlink(missing_ok=True)
 
     def copy_in(self, path: Path, name: str) -> None:
-        """Upload a copy of a local file (remote only)."""
+        """Upload a copy of a local file (remote only) to a temporary key, then move it to `name`: closing
+        a pyarrow output stream commits what was written, so an interrupted upload must never be under the
+        final name (an S3 move is a server-side copy; the object appears whole)."""
         if self.folder is not None:
             return
-        with path.open("rb") as src, self._fs.open_output_stream(f"{self._base}/{name}") as dst:
+        import contextlib
+        import uuid
+
+        final = f"{self._base}/{name}"
+        part = f"{final}.part-{uuid.uuid4().hex[:12]}"
+        try:
+            with path.open("rb") as src, self._fs.open_output_stream(part) as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            self._fs.move(part, final)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._fs.delete_file(part)
+            raise
+
+    def fetch(self, name: str, path: Path) -> bool:
+        """Download `name` to a local `path` (remote only); False when it is not there."""
+        if self.folder is not None:
+            return False
+        import pyarrow.fs as pafs
+
+        source = f"{self._base}/{name}"
+        if self._fs.get_file_info(source).type != pafs.FileType.File:
+            return False
+        with self._fs.open_input_stream(source) as src, path.open("wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
+        return True
 
     def remove(self, name: str) -> None:
         import contextlib
