@@ -52,14 +52,10 @@ def _read_http(url: str, field: str, limit: int) -> bytes:
 
 
 def _read_arrow(uri: str, field: str, limit: int) -> bytes:
+    fs, path = _arrow_fs(uri, field)
+    import pyarrow.fs as pafs
+
     try:
-        import pyarrow.fs as pafs
-    except ImportError:
-        raise InvalidParameterError(
-            f"{field}: {uri} needs pyarrow to read (pip install 'restyle[ray]' brings it)", field=field
-        ) from None
-    try:
-        fs, path = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise InvalidParameterError(f"{field}: no such file: {uri}", field=field)
