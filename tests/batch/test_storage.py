@@ -17,6 +17,28 @@ from restyle.batch.storage import is_uri, read_source
 from restyle.errors import InvalidParameterError
 
 
+def _manifest(path: Path, rows: list[dict]) -> Path:
+    """A CSV manifest of `rows` (the columns: the first row's keys)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _row(files: Path, i: int, **over) -> dict:
+    return dict(id=f"r{i}", photo=str(files / "p.png"), mask=str(files / "m.png"), prompt="x", steps=2) | over
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models):
+    from restyle.config import ModelConfig
+    from restyle.engine import Restyler
+
+    models = {k: str(v) for k, v in tiny_models.items()}
+    return Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
     from restyle.samples import sample_photo
@@ -64,22 +86,15 @@ def test_unreadable_sources_name_the_field(files, http_base):
         read_source("http://127.0.0.1:1/p.png", field="photo")
 
 
-def test_a_manifest_of_urls_and_uris_runs(files, http_base, tiny_models, tmp_path):
-    from restyle.config import ModelConfig
-    from restyle.engine import Restyler
-
-    manifest = tmp_path / "m.csv"
+def test_a_manifest_of_urls_and_uris_runs(files, http_base, engine, tmp_path):
     rows = [
         {"id": "web", "photo": f"{http_base}/p.png", "mask": f"{http_base}/m.png"},
         {"id": "uri", "photo": f"file://{files}/p.png", "mask": f"file://{files}/m.png"},
         {"id": "gone", "photo": f"{http_base}/nope.png", "mask": f"file://{files}/m.png"},
     ]
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["id", "photo", "mask", "prompt", "steps", "num_images"])
-        writer.writeheader()
-        writer.writerows({**r, "prompt": "linen", "steps": 2, "num_images": 1} for r in rows)
-    models = {k: str(v) for k, v in tiny_models.items()}
-    engine = Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
+    manifest = _manifest(
+        tmp_path / "m.csv", [{**r, "prompt": "linen", "steps": 2, "num_images": 1} for r in rows]
+    )
     summary = run_batch(engine, read_manifest(manifest), tmp_path / "out", BatchOptions())
     assert (summary.ok, summary.failed) == (2, 1)
     lines = {
@@ -90,32 +105,10 @@ def test_a_manifest_of_urls_and_uris_runs(files, http_base, tiny_models, tmp_pat
     assert lines["gone"]["field"] == "photo" and "HTTP 404" in lines["gone"]["error"]
 
 
-def test_an_output_uri_gets_the_files_and_the_results_manifest(files, tiny_models, tmp_path):
+def test_an_output_uri_gets_the_files_and_the_results_manifest(files, engine, tmp_path):
     """-o file:///... goes through pyarrow as s3:// would: each row's files uploaded whole, results.jsonl
     kept (and locked) locally and copied beside them; a re-run checks the remote files and skips."""
-    from restyle.config import ModelConfig
-    from restyle.engine import Restyler
-
-    manifest = tmp_path / "m.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(
-            fh, fieldnames=["id", "photo", "mask", "prompt", "steps", "num_images", "seed"]
-        )
-        writer.writeheader()
-        for i in range(3):
-            writer.writerow(
-                dict(
-                    id=f"r{i}",
-                    photo=str(files / "p.png"),
-                    mask=str(files / "m.png"),
-                    prompt="x",
-                    steps=2,
-                    num_images=2,
-                    seed=i * 10,
-                )
-            )
-    models = {k: str(v) for k, v in tiny_models.items()}
-    engine = Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
+    manifest = _manifest(tmp_path / "m.csv", [_row(files, i, num_images=2, seed=i * 10) for i in range(3)])
     remote, state = tmp_path / "bucket" / "out", tmp_path / "state"
     options = BatchOptions(results_dir=state)
     first = run_batch(engine, read_manifest(manifest), f"file://{remote}", options)
@@ -185,35 +178,14 @@ def test_an_interrupted_upload_never_stands_under_the_files_name(tmp_path, monke
     assert sorted(p.name for p in remote.iterdir()) == []
 
 
-def test_a_uri_output_resumes_from_another_folder_and_leaves_no_staging(
-    files, tiny_models, tmp_path, monkeypatch
-):
+def test_a_uri_output_resumes_from_another_folder_and_leaves_no_staging(files, engine, tmp_path, monkeypatch):
     """A run that finds no local results.jsonl starts from the store's copy; the staging folder goes."""
     import tempfile
 
-    from restyle.config import ModelConfig
-    from restyle.engine import Restyler
-
-    manifest = tmp_path / "m.csv"
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["id", "photo", "mask", "prompt", "steps", "num_images"])
-        writer.writeheader()
-        writer.writerows(
-            dict(
-                id=f"r{i}",
-                photo=str(files / "p.png"),
-                mask=str(files / "m.png"),
-                prompt="x",
-                steps=2,
-                num_images=1,
-            )
-            for i in range(2)
-        )
+    manifest = _manifest(tmp_path / "m.csv", [_row(files, i, num_images=1) for i in range(2)])
     staged: list[Path] = []
     real = tempfile.mkdtemp
     monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: staged.append(Path(real(**kw))) or staged[-1])
-    models = {k: str(v) for k, v in tiny_models.items()}
-    engine = Restyler(ModelConfig(segmenter=models["segmenter"], inpainter=models["inpainter"], device="cpu"))
     uri = f"file://{tmp_path / 'bucket'}"
     first = run_batch(engine, read_manifest(manifest), uri, BatchOptions(results_dir=tmp_path / "here"))
     assert first.ok == 2 and staged and not any(p.exists() for p in staged)

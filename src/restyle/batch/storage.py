@@ -98,9 +98,6 @@ class Destination:
                 )
             self._fs, self._base = _arrow_fs(text, "output")
 
-    def __reduce__(self) -> Any:  # actors get a fresh one (pyarrow filesystems are rebuilt there)
-        return (Destination, (self.uri or str(self.folder),))
-
     @property
     def remote(self) -> bool:
         return self.uri is not None

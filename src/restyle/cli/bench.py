@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,7 +26,6 @@ def bench_train(
     import tempfile
 
     from restyle.models.tiny import TINY_IMAGE_SIZE, build_tiny_inpainter
-    from restyle.perf.sections import write_section
     from restyle.perf.training import bench_train as run
     from restyle.perf.training import train_table
 
@@ -39,11 +38,7 @@ def bench_train(
             label = base
         figures, env = run(base, resolution or 512, steps)
         env["base"] = label
-    table = train_table(figures, env)
-    typer.echo(table)
-    if write is not None:
-        write_section(write, table)
-        typer.echo(f"updated {write}")
+    _report(train_table(figures, env), None, None, write, "train")
 
 
 @bench_app.command("infer")
@@ -76,8 +71,7 @@ def bench_infer(
     from restyle.inpaint.fast import FastOptions
     from restyle.perf.archs import ARCHS, FAMILY_ARCHS
     from restyle.perf.cases import BenchConfig
-    from restyle.perf.report import markdown, run_all, write_json
-    from restyle.perf.sections import write_section
+    from restyle.perf.report import markdown, run_all
     from restyle.runtime import resolve_device
 
     FastOptions.parse(fast)
@@ -91,14 +85,7 @@ def bench_infer(
     config = BenchConfig.for_cpu(arch or "small") if quick or not gpu else BenchConfig(arch=arch or "sd2")
     config = replace(config, device=device, dtype=dtype, fast=fast, repeats=repeats or config.repeats)
     result = run_all(config, log=lambda line: typer.echo(line, err=True))
-    table = markdown(result)
-    typer.echo(table)
-    if json_out is not None:
-        write_json(result, json_out)
-        typer.echo(f"wrote {json_out}")
-    if write is not None:
-        write_section(write, table, name=f"infer-{config.arch}")  # one section per model layout
-        typer.echo(f"updated {write}")
+    _report(markdown(result), result, json_out, write, f"infer-{config.arch}")  # a section per layout
     if not result["equivalence"]["passed"]:
         typer.echo("equivalence FAILED: the fast path's images differ from the plain pipeline's", err=True)
         raise typer.Exit(1)
@@ -115,21 +102,17 @@ def _bench_family(
 ) -> None:
     """`bench infer --arch sdxl|flux-fill|qwen-edit`: restyle's path on that family (perf/families.py)."""
     from restyle.perf.families import FamilyBench, family_table, run_family
-    from restyle.perf.report import write_json
-    from restyle.perf.sections import write_section
 
-    bench = FamilyBench(arch, device=device, dtype=dtype, full=full, repeats=repeats or (3 if full else 2))
-    if not full:
-        bench = FamilyBench(arch, device=device, dtype=dtype, full=False, steps=2, repeats=bench.repeats)
+    bench = FamilyBench(
+        arch,
+        device=device,
+        dtype=dtype,
+        full=full,
+        steps=FamilyBench.steps if full else 2,  # without a GPU: 2 steps
+        repeats=repeats or (3 if full else 2),
+    )
     result = run_family(bench, log=lambda line: typer.echo(line, err=True))
-    table = family_table(result)
-    typer.echo(table)
-    if json_out is not None:
-        write_json(result, json_out)
-        typer.echo(f"wrote {json_out}")
-    if write is not None:
-        write_section(write, table, name=f"infer-{arch}")
-        typer.echo(f"updated {write}")
+    _report(family_table(result), result, json_out, write, f"infer-{arch}")
 
 
 @bench_app.command("batch")
@@ -152,8 +135,6 @@ def bench_batch(
 
     from restyle.models.tiny import build_tiny_models
     from restyle.perf.batch import batch_table, run_bench
-    from restyle.perf.batch import write_json as save
-    from restyle.perf.sections import write_section
     from restyle.raysupport import require_ray
 
     require_ray("bench batch")
@@ -174,11 +155,19 @@ def bench_batch(
             address=ray_address,
             log=lambda line: typer.echo(line, err=True),
         )
-    table = batch_table(result, "tiny random models (restyle models tiny)")
+    _report(batch_table(result, "tiny random models (restyle models tiny)"), result, json_out, write, "batch")
+
+
+def _report(table: str, result: Any, json_out: Path | None, write: Path | None, section: str) -> None:
+    """Print a benchmark's table; write its figures as JSON (--json) and its section of a markdown file
+    (--write, between the section's markers)."""
+    from restyle.perf.report import write_json
+    from restyle.perf.sections import write_section
+
     typer.echo(table)
     if json_out is not None:
-        save(result, json_out)
+        write_json(result, json_out)
         typer.echo(f"wrote {json_out}")
     if write is not None:
-        write_section(write, table, name="batch")
+        write_section(write, table, name=section)
         typer.echo(f"updated {write}")

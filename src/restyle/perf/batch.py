@@ -10,7 +10,6 @@ rate a long catalogue runs at.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import tempfile
@@ -176,8 +175,3 @@ def batch_table(result: dict[str, Any], model: str) -> str:
             f"{f['s_per_image']:.3f} | {f['startup_s']:.1f} | {f['steady_images_per_s']:.2f} |"
         )
     return "\n".join(lines)
-
-
-def write_json(result: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))

@@ -118,12 +118,6 @@ class RestyleReplica:
             raise RuntimeError("the worker thread stopped")
 
 
-def serve_ray() -> Any:
-    import ray
-
-    return ray
-
-
 def deployment(
     settings: ServerSettings, factory: Callable[[ServerSettings], Any], options: ServeOptions
 ) -> Any:
@@ -136,7 +130,9 @@ def deployment(
             "output: replicas share job records through the output folder; it cannot be off", field="output"
         )
     gpus = options.gpus_per_replica
-    if gpus is None or (gpus > 0 and serve_ray().is_initialized()):
+    import ray
+
+    if gpus is None or (gpus > 0 and ray.is_initialized()):
         from restyle.raysupport import cluster_gpus
 
         have = cluster_gpus()
